@@ -1,0 +1,364 @@
+"""The worker's configuration: one tree of sections, each read from its own environment variables.
+
+Every section is a ``BaseSettings`` with an ``env_prefix``, so a field's environment variable is
+``PREFIX + FIELD`` (``SMTP_PORT`` is ``SmtpSettings.port``). ``load_settings`` builds all sections,
+collects every problem, and raises one ``ConfigError`` whose lines name the variable and what is
+wrong with it, so start-up can stop with a message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CHANNELS = ("email", "sms")
+STATUSES = (
+    "order_confirmed",
+    "processing",
+    "shipped",
+    "in_transit",
+    "out_for_delivery",
+    "delivered",
+    "delayed",
+    "delivery_failed",
+    "available_for_pickup",
+    "returned",
+    "cancelled",
+    "exception",
+)
+SMS_STATUSES = (
+    "shipped",
+    "out_for_delivery",
+    "delivered",
+    "delayed",
+    "delivery_failed",
+    "available_for_pickup",
+    "exception",
+)
+DEFAULT_POLICY: dict[str, tuple[str, ...]] = {
+    status: tuple(
+        channel
+        for channel, wanted in (
+            ("email", status not in ("processing", "in_transit")),
+            ("sms", status in SMS_STATUSES),
+        )
+        if wanted
+    )
+    for status in STATUSES
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; ``problems`` holds one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class SmtpSecurity(StrEnum):
+    STARTTLS = "starttls"
+    TLS = "tls"
+    NONE = "none"
+
+
+class SmsProvider(StrEnum):
+    TWILIO = "twilio"
+    WEBHOOK = "webhook"
+    DISABLED = "disabled"
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+
+class KafkaSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = Field("shipment-status", min_length=1, max_length=249)
+    group_id: str = Field("shipment-notifier", min_length=1)
+    dlq_topic: str = ""
+    client_id: str = "shipment-notifier"
+    commit_interval: PositiveFloat = 1.0
+    max_in_flight: PositiveInt = Field(
+        256, validation_alias=AliasChoices("MAX_IN_FLIGHT", "KAFKA_MAX_IN_FLIGHT")
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hosts_have_ports(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError("must name at least one host:port")
+        for host in hosts:
+            name, sep, port = host.rpartition(":")
+            if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{host!r} is not host:port")
+        return ",".join(hosts)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+
+class LogSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="LOG_")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: LogFormat = LogFormat.JSON
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class SmtpSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="SMTP_")
+
+    host: str = "localhost"
+    port: int = Field(587, gt=0, lt=65536)
+    username: str | None = None
+    password: SecretStr | None = None
+    security: SmtpSecurity = SmtpSecurity.STARTTLS
+    timeout: PositiveFloat = 30.0
+    pool_size: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> SmtpSettings:
+        if bool(self.username) != bool(self.password):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+        return self
+
+
+class EmailSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="EMAIL_")
+
+    from_: str = Field("Shop <no-reply@shop.example>", validation_alias="EMAIL_FROM")
+    reply_to: str | None = None
+
+    @field_validator("from_", "reply_to")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        from email.headerregistry import Address
+        from email.utils import parseaddr
+
+        if value is None:
+            return None
+        _, addr = parseaddr(value)
+        if "@" not in addr or any(c in value for c in "\r\n"):
+            raise ValueError(f"{value!r} is not an address like 'Shop <no-reply@shop.example>'")
+        Address(addr_spec=addr)  # raises on a malformed addr-spec
+        return value
+
+
+class SmsSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="SMS_")
+
+    provider: SmsProvider | None = None
+    api_url: str = "https://api.twilio.com"
+    account_sid: str | None = None
+    auth_token: SecretStr | None = None
+    from_: str | None = Field(None, validation_alias="SMS_FROM")
+    webhook_url: str | None = None
+    timeout: PositiveFloat = 10.0
+
+    @field_validator("api_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _provider_complete(self) -> SmsSettings:
+        if self.provider is None:
+            has_credentials = bool(self.account_sid and self.auth_token)
+            object.__setattr__(
+                self, "provider", SmsProvider.TWILIO if has_credentials else SmsProvider.DISABLED
+            )
+        if self.provider is SmsProvider.TWILIO:
+            missing = [
+                name
+                for name, value in (
+                    ("SMS_ACCOUNT_SID", self.account_sid),
+                    ("SMS_AUTH_TOKEN", self.auth_token),
+                    ("SMS_FROM", self.from_),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"SMS_PROVIDER=twilio needs {', '.join(missing)}")
+        if self.provider is SmsProvider.WEBHOOK and not self.webhook_url:
+            raise ValueError("SMS_PROVIDER=webhook needs SMS_WEBHOOK_URL")
+        return self
+
+
+class DedupSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="DEDUP_")
+
+    url: str = ""
+    ttl_days: PositiveFloat = 30.0
+    key_prefix: str = "shipment-notifier:"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "memory://", "redis://", "rediss://")):
+            raise ValueError(
+                f"{value!r}: use sqlite:///path/file.db, memory:// or redis://host:port/db"
+            )
+        return value
+
+
+class AppSettings(_Section):
+    """Settings without a prefix: behaviour of the worker as a whole."""
+
+    data_dir: Path = Path("data")
+    templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
+    default_locale: str = "en"
+    notify_policy: str = ""
+    shop_name: str = "Our shop"
+    shop_url: str | None = None
+    shop_support_email: str | None = None
+    shutdown_timeout: PositiveFloat = 25.0
+    send_retries: int = Field(3, ge=0, le=10)
+    send_retry_base: PositiveFloat = 0.5
+
+    @field_validator("shop_url")
+    @classmethod
+    def _shop_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^\s<>\"']+\Z", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @property
+    def policy(self) -> dict[str, tuple[str, ...]]:
+        return parse_policy(self.notify_policy)
+
+    @model_validator(mode="after")
+    def _policy_parses(self) -> AppSettings:
+        parse_policy(self.notify_policy)
+        return self
+
+
+def parse_policy(raw: str) -> dict[str, tuple[str, ...]]:
+    """NOTIFY_POLICY: empty (defaults), inline JSON, or a path to a JSON file; listed statuses
+    override the default, the others keep it."""
+    if not raw.strip():
+        return dict(DEFAULT_POLICY)
+    text = raw if raw.lstrip().startswith("{") else _read_policy_file(raw)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"NOTIFY_POLICY is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError('NOTIFY_POLICY must be an object like {"shipped": ["email", "sms"]}')
+    policy = dict(DEFAULT_POLICY)
+    for status, channels in data.items():
+        if status not in STATUSES:
+            raise ValueError(f"NOTIFY_POLICY names unknown status {status!r}")
+        if not isinstance(channels, list) or not set(channels) <= set(CHANNELS):
+            raise ValueError(f"NOTIFY_POLICY[{status!r}] must be a list of 'email'/'sms'")
+        policy[status] = tuple(c for c in CHANNELS if c in channels)
+    return policy
+
+
+def _read_policy_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"NOTIFY_POLICY file {path!r} cannot be read: {exc.strerror}") from exc
+
+
+class Settings:
+    """The whole tree. Build it with ``load_settings()``."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        log: LogSettings,
+        smtp: SmtpSettings,
+        email: EmailSettings,
+        sms: SmsSettings,
+        dedup: DedupSettings,
+        app: AppSettings,
+    ) -> None:
+        self.kafka = kafka
+        self.log = log
+        self.smtp = smtp
+        self.email = email
+        self.sms = sms
+        self.dedup = dedup
+        self.app = app
+
+    @property
+    def dedup_url(self) -> str:
+        return self.dedup.url or f"sqlite:///{self.app.data_dir / 'dedup.sqlite3'}"
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "kafka": KafkaSettings,
+    "log": LogSettings,
+    "smtp": SmtpSettings,
+    "email": EmailSettings,
+    "sms": SmsSettings,
+    "dedup": DedupSettings,
+    "app": AppSettings,
+}
+
+
+def load_settings() -> Settings:
+    """Read every section from the environment, raising one ConfigError that lists every
+    invalid variable."""
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for name, section in _SECTIONS.items():
+        try:
+            built[name] = section()
+        except ValidationError as exc:
+            problems.extend(_describe(section, exc))
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**built)
+
+
+def _describe(section: type[_Section], exc: ValidationError) -> list[str]:
+    prefix = section.model_config.get("env_prefix", "")
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            lines.append(message)
+            continue
+        field = str(error["loc"][0])
+        # pydantic reports an aliased field by its alias, which is already the variable's name
+        is_alias = field not in section.model_fields
+        variable = field.upper() if is_alias else (prefix + field).upper()
+        got = error.get("input")
+        shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        lines.append(f"{variable}: {message}{shown}")
+    return lines
