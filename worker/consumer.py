@@ -1,0 +1,232 @@
+"""The Kafka side: fetch records, run them through a handler with per-key ordering and bounded
+concurrency, and commit each partition's completion watermark. No business logic lives here.
+
+Ordering: records with the same key (a shipment id) on a partition run one after another in
+offset order; different keys run concurrently, at most ``max_in_flight`` at once. A record
+without a key is ordered with every other keyless record of its partition.
+
+Commits: only offsets whose records the handler has finished are committed, periodically, on
+partition revocation and at shutdown. A handler that raises is a bug: the consumer stops without
+committing past that record, so a restart redelivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from worker.logs import get_logger
+from worker.offsets import Watermark
+from worker.settings import KafkaSettings
+
+log = get_logger(__name__)
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Handler = Callable[[Record], Awaitable[None]]
+
+
+class ConsumerFailed(Exception):
+    """The handler raised; the record it raised on was not committed."""
+
+
+def build_consumer(settings: KafkaSettings, *topics: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        client_id=settings.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+
+
+class KeyOrderedConsumer:
+    """Drives one ``AIOKafkaConsumer``: see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: Handler,
+        *,
+        topics: tuple[str, ...],
+        max_in_flight: int,
+        commit_interval: float,
+        drain_timeout: float,
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._topics = topics
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._commit_interval = commit_interval
+        self._drain_timeout = drain_timeout
+        self._marks: dict[TopicPartition, Watermark] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._tails: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._failure: BaseException | None = None
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask ``run`` to stop fetching, drain and commit. Safe from a signal handler."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; then drain in-flight work, commit, and return."""
+        self._consumer.subscribe(list(self._topics), listener=_Rebalance(self))
+        committer = asyncio.create_task(self._commit_periodically())
+        try:
+            await self._fetch_until_stopped()
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._drain(list(self._tasks))
+            await self._commit(list(self._marks))
+        if self._failure is not None:
+            raise ConsumerFailed(str(self._failure)) from self._failure
+
+    async def _fetch_until_stopped(self) -> None:
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    if not await self._dispatch(record):
+                        return
+
+    async def _dispatch(self, record: Record) -> bool:
+        """Start ``record``'s task once a slot is free; False when stopping instead."""
+        if not await self._acquire_slot():
+            return False
+        tp = TopicPartition(record.topic, record.partition)
+        if tp not in self._marks:  # revoked while this batch waited for a slot
+            self._slots.release()
+            return True
+        self._marks[tp].start(record.offset)
+        key = (tp, record.key)
+        task = asyncio.create_task(self._run_in_order(record, self._tails.get(key)))
+        self._tails[key] = task
+        self._tasks.setdefault(tp, set()).add(task)
+        task.add_done_callback(lambda t: self._forget(tp, key, t))
+        return True
+
+    async def _acquire_slot(self) -> bool:
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if acquire in done:
+            if self._stopping.is_set():
+                self._slots.release()
+                return False
+            return True
+        acquire.cancel()
+        return False
+
+    async def _run_in_order(self, record: Record, previous: asyncio.Task[None] | None) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait({previous})
+                if previous.cancelled() or previous.exception() is not None:
+                    return  # the key's earlier record did not finish: neither may this one
+            await self._handler(record)
+            mark = self._marks.get(TopicPartition(record.topic, record.partition))
+            if mark is not None:
+                mark.finish(record.offset)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "record_handler_crashed",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                exc_info=True,
+            )
+            self._failure = exc
+            self._stopping.set()
+        finally:
+            self._slots.release()
+
+    def _forget(
+        self, tp: TopicPartition, key: tuple[TopicPartition, bytes | None], task: asyncio.Task[None]
+    ) -> None:
+        self._tasks.get(tp, set()).discard(task)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+
+    async def _drain(self, partitions: list[TopicPartition]) -> None:
+        """Let in-flight work of ``partitions`` finish within the drain timeout; cancel the rest
+        (their offsets stay uncommitted, so they are redelivered)."""
+        tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("in_flight_abandoned", records=len(pending))
+            await asyncio.wait(pending)
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._commit_interval)
+            await self._commit(list(self._marks))
+
+    async def _commit(self, partitions: list[TopicPartition]) -> None:
+        offsets = {}
+        for tp in partitions:
+            mark = self._marks.get(tp)
+            if (
+                mark
+                and mark.committable is not None
+                and mark.committable != self._committed.get(tp)
+            ):
+                offsets[tp] = mark.committable
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # the records stay uncommitted and are redelivered: at-least-once still holds
+            log.warning("offset_commit_failed", error=repr(exc), partitions=len(offsets))
+            return
+        self._committed.update(offsets)
+        log.debug(
+            "offsets_committed",
+            offsets={f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()},
+        )
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._drain(list(revoked))
+        await self._commit(list(revoked))
+        for tp in revoked:
+            self._marks.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._tasks.pop(tp, None)
+        log.info("partitions_revoked", partitions=sorted(_names(revoked)))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._marks.setdefault(tp, Watermark())
+        log.info("partitions_assigned", partitions=sorted(_names(assigned)))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KeyOrderedConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._owner.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._owner.on_assigned(set(assigned))
+
+
+def _names(partitions: set[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}:{tp.partition}" for tp in partitions]
