@@ -1,0 +1,126 @@
+"""The default store: one SQLite file, no other service needed.
+
+SQLite calls block, so they run on one dedicated thread (the connection never changes
+threads). WAL with ``synchronous=NORMAL`` keeps every committed write across a crash of the
+process, which is the failure the offset bookkeeping guards against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from worker.dedup.store import EventRecord, ShipmentState, Snapshot
+
+T = TypeVar("T")
+PURGE_EVERY = 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    channels TEXT NOT NULL,
+    done TEXT NOT NULL DEFAULT '{}',
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipments (
+    shipment_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    occurred_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
+CREATE INDEX IF NOT EXISTS shipments_expiry ON shipments (expires_at);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup-sqlite")
+        self._db = self._thread.submit(_connect, path).result()
+        self._purged_at = 0.0
+        self._closed = False
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def load(self, event_id: str, shipment_id: str) -> Snapshot:
+        snapshot: Snapshot = await self._call(self._load, event_id, shipment_id)
+        return snapshot
+
+    def _load(self, event_id: str, shipment_id: str) -> Snapshot:
+        now = time.time()
+        if now - self._purged_at > PURGE_EVERY:
+            self._purge(now)
+        event = self._db.execute(
+            "SELECT channels, done FROM events WHERE event_id = ? AND expires_at > ?",
+            (event_id, now),
+        ).fetchone()
+        shipment = self._db.execute(
+            "SELECT status, occurred_at FROM shipments WHERE shipment_id = ? AND expires_at > ?",
+            (shipment_id, now),
+        ).fetchone()
+        return Snapshot(
+            event=EventRecord(tuple(json.loads(event[0])), json.loads(event[1])) if event else None,
+            shipment=ShipmentState(shipment[0], shipment[1]) if shipment else None,
+        )
+
+    async def accept(
+        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
+    ) -> None:
+        await self._call(self._accept, event_id, channels, shipment_id, state)
+
+    def _accept(
+        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
+    ) -> None:
+        expires = time.time() + self._ttl
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO events (event_id, channels, done, expires_at)"
+                " VALUES (?, ?, '{}', ?)",
+                (event_id, json.dumps(list(channels)), expires),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO shipments (shipment_id, status, occurred_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (shipment_id, state.status, state.occurred_at, expires),
+            )
+
+    async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+        await self._call(self._mark_done, event_id, channel, outcome)
+
+    def _mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE events SET done = json_set(done, '$.' || ?, ?) WHERE event_id = ?",
+                (channel, outcome, event_id),
+            )
+
+    def _purge(self, now: float) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
+            self._db.execute("DELETE FROM shipments WHERE expires_at <= ?", (now,))
+        self._purged_at = now
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._call(self._db.close)
+        self._thread.shutdown(wait=True)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(_SCHEMA)
+    db.isolation_level = "DEFERRED"
+    return db

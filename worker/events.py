@@ -1,0 +1,181 @@
+"""The event contract and its decoder.
+
+``decode(value)`` turns a Kafka record value into an ``Event`` or an ``InvalidEvent`` that says
+why it cannot be one (not UTF-8, not JSON, schema violation). Unknown fields are ignored so
+producers can evolve; missing required fields, wrong types and unknown statuses are invalid.
+``docs/events.md`` describes the contract and ``docs/event.schema.json`` is generated from
+``Event`` (``python -m worker schema``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+Status = Literal[
+    "order_confirmed",
+    "processing",
+    "shipped",
+    "in_transit",
+    "out_for_delivery",
+    "delivered",
+    "delayed",
+    "delivery_failed",
+    "available_for_pickup",
+    "returned",
+    "cancelled",
+    "exception",
+]
+Channel = Literal["email", "sms"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"delivered", "returned", "cancelled"})
+
+MAX_RECORD_BYTES = 256 * 1024
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
+
+
+def _no_control_chars(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _one_line(value: str) -> str:
+    """Fields that end up in headers, subjects or SMS: any line break becomes a space."""
+    return " ".join(_no_control_chars(value).split())
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"https?://[^\s<>\"']+\Z", value):
+        raise ValueError("must be an http(s) URL without spaces or quotes")
+    return value
+
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
+
+
+def _rfc3339(value: object) -> object:
+    """Only an RFC 3339 string with an offset: no epoch numbers, no bare dates, no naive times."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError(
+            "must be an RFC 3339 timestamp with offset, like 2026-11-21T08:15:00+07:00"
+        )
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+Text = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_one_line)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_one_line)]
+LongText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_no_control_chars)]
+Url = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_http_url)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+
+class Shipment(_Model):
+    id: Id
+    order_id: Id
+    tracking_number: Text | None = None
+    carrier: Text | None = None
+    tracking_url: Url | None = None
+    location: Text | None = None
+    estimated_delivery: date | None = None
+    detail: LongText | None = None
+
+
+class Customer(_Model):
+    name: Text | None = None
+    email: Annotated[str, StringConstraints(max_length=254)] | None = None
+    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    locale: (
+        Annotated[
+            str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$")
+        ]
+        | None
+    ) = None
+    channels: list[Channel] | None = Field(
+        None, description="Opt-in list; absent means every channel with a contact."
+    )
+
+
+class Shop(_Model):
+    name: Text | None = None
+    url: Url | None = None
+    support_email: Annotated[str, StringConstraints(max_length=254)] | None = None
+
+
+class Event(_Model):
+    """One shipment-status event, as producers publish it."""
+
+    model_config = ConfigDict(title="ShipmentStatusEvent")
+
+    event_id: Id = Field(description="Unique per event; a repeat is a redelivery.")
+    occurred_at: Timestamp = Field(
+        description="RFC 3339 with offset, e.g. 2026-11-21T08:15:00+07:00"
+    )
+    status: Status
+    shipment: Shipment
+    customer: Customer = Field(default_factory=Customer)
+    shop: Shop = Field(
+        default_factory=Shop, description="Defaults to SHOP_NAME, SHOP_URL, SHOP_SUPPORT_EMAIL."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """Why a record value is not an Event: ``kind`` is one of ``not_utf8``, ``not_json``,
+    ``too_large``, ``schema``."""
+
+    kind: str
+    message: str
+
+
+def decode(value: bytes | None) -> Event | InvalidEvent:
+    if value is None:
+        return InvalidEvent("schema", "record has no value (tombstone)")
+    if len(value) > MAX_RECORD_BYTES:
+        return InvalidEvent(
+            "too_large", f"record value is {len(value)} bytes, over {MAX_RECORD_BYTES}"
+        )
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InvalidEvent("not_utf8", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return InvalidEvent("not_json", f"value is not JSON: {_short(exc)}")
+    try:
+        return Event.model_validate(data)
+    except ValidationError as exc:
+        return InvalidEvent("schema", _summarize(exc))
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _short(exc: Exception) -> str:
+    return str(exc)[:200]
