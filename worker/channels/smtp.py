@@ -1,0 +1,118 @@
+"""Email over SMTP with aiosmtplib: a small pool of reused connections.
+
+Each connection sends one message at a time; ``pool_size`` of them send concurrently. A
+connection that fails is closed and reopened on its next use. Headers are built with the
+standard library's ``email`` package, which encodes non-ASCII subjects and display names per
+RFC 2047 and refuses CR/LF in header values; event fields reach headers only after being
+folded to one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, parseaddr
+
+import aiosmtplib
+
+from worker.channels import (
+    Outgoing,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    idempotency_key,
+)
+from worker.settings import EmailSettings, SmtpSecurity, SmtpSettings
+
+
+class SmtpSender:
+    def __init__(self, smtp: SmtpSettings, email: EmailSettings) -> None:
+        self._settings = smtp
+        self._from = email.from_
+        self._reply_to = email.reply_to
+        self._domain = parseaddr(email.from_)[1].rpartition("@")[2]
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        for _ in range(smtp.pool_size):
+            self._idle.put_nowait(self._client())
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        return aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            use_tls=s.security is SmtpSecurity.TLS,
+            start_tls=s.security is SmtpSecurity.STARTTLS,
+            tls_context=ssl.create_default_context()
+            if s.security is not SmtpSecurity.NONE
+            else None,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+        )
+
+    def build(self, message: Outgoing) -> EmailMessage:
+        mail = EmailMessage(policy=SMTP)
+        mail["From"] = self._from
+        mail["To"] = Address(display_name=message.recipient_name or "", addr_spec=message.address)
+        if self._reply_to:
+            mail["Reply-To"] = self._reply_to
+        mail["Subject"] = message.subject
+        mail["Date"] = format_datetime(datetime.now(UTC))
+        mail["Message-ID"] = f"<{idempotency_key(message.event_id, 'email')}@{self._domain}>"
+        mail.set_content(message.text, cte="quoted-printable")
+        mail.add_alternative(message.html, subtype="html", cte="quoted-printable")
+        mail["Content-Language"] = message.locale  # after set_content, which drops Content-*
+        return mail
+
+    async def send(self, message: Outgoing) -> None:
+        try:
+            mail = self.build(message)
+        except (ValueError, TypeError) as exc:  # e.g. an address the email package rejects
+            raise PermanentDeliveryError(f"message cannot be built: {exc}") from exc
+        client = await self._idle.get()
+        try:
+            await self._send(client, mail)
+        finally:
+            self._idle.put_nowait(client)
+
+    async def _send(self, client: aiosmtplib.SMTP, mail: EmailMessage) -> None:
+        try:
+            if not client.is_connected:
+                await client.connect()
+            await client.send_message(mail)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            error = (
+                f"recipient refused: {', '.join(f'{r.code} {r.message}' for r in exc.recipients)}"
+            )
+            if all(500 <= c < 600 for c in codes):
+                raise PermanentDeliveryError(error) from exc
+            raise TransientDeliveryError(error) from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            _close(client)
+            raise TransientDeliveryError(f"SMTP authentication failed: {exc.code}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                raise PermanentDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
+            _close(client)
+            raise TransientDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            _close(client)
+            raise TransientDeliveryError(f"SMTP connection failed: {exc!r}") from exc
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+
+
+def _close(client: aiosmtplib.SMTP) -> None:
+    if client.is_connected:
+        client.close()

@@ -1,0 +1,145 @@
+"""Templates to words: picks the locale, builds the context, renders email and SMS.
+
+Layout: ``templates/<locale>/email/<status>.{subject.txt,txt,html}`` and
+``templates/<locale>/sms/<status>.txt``, each extending the locale's ``_layout`` and, for HTML,
+the shared ``layouts/email.html``. The environment is sandboxed with ``StrictUndefined``
+(a missing name is an error, not an empty string) and autoescapes ``.html`` only.
+Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_time
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from worker.events import Event, Shop
+
+
+class RenderError(Exception):
+    """A template is missing or failed to render: a bug in the templates, not in the event."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedSms:
+    text: str
+
+
+class Renderer:
+    def __init__(self, templates_dir: Path, default_locale: str, default_shop: Shop) -> None:
+        self._env = ImmutableSandboxedEnvironment(
+            loader=FileSystemLoader(templates_dir),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(
+                enabled_extensions=("html",), default_for_string=False, default=False
+            ),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+        )
+        self.locales = frozenset(
+            p.name for p in templates_dir.iterdir() if p.is_dir() and (p / "email").is_dir()
+        )
+        if default_locale not in self.locales:
+            raise RenderError(
+                f"DEFAULT_LOCALE {default_locale!r} has no templates in {templates_dir}"
+                f" (have: {', '.join(sorted(self.locales))})"
+            )
+        self.default_locale = default_locale
+        self._default_shop = default_shop
+
+    def locale_for(self, requested: str | None) -> str:
+        """The template locale for a customer's BCP 47 tag."""
+        if requested:
+            tag = requested.replace("_", "-")
+            for candidate in (tag, tag.split("-")[0]):
+                if candidate.lower() in self.locales:
+                    return candidate.lower()
+        return self.default_locale
+
+    def email(self, event: Event) -> RenderedEmail:
+        locale, context = self._context(event)
+        base = f"{locale}/email/{event.status}"
+        return RenderedEmail(
+            subject=_one_line(self._render(f"{base}.subject.txt", context)),
+            text=_tidy(self._render(f"{base}.txt", context)) + "\n",
+            html=self._render(f"{base}.html", context),
+        )
+
+    def sms(self, event: Event) -> RenderedSms:
+        locale, context = self._context(event)
+        return RenderedSms(_tidy(self._render(f"{locale}/sms/{event.status}.txt", context)))
+
+    def _render(self, name: str, context: dict[str, Any]) -> str:
+        try:
+            return self._env.get_template(name).render(context)
+        except TemplateError as exc:
+            raise RenderError(f"{name}: {exc}") from exc
+
+    def _context(self, event: Event) -> tuple[str, dict[str, Any]]:
+        locale = self.locale_for(event.customer.locale)
+        formats = _babel_locale(event.customer.locale, locale)
+        shop = event.shop
+        eta = event.shipment.estimated_delivery
+        return locale, {
+            "locale": locale,
+            "status": event.status,
+            "event_id": event.event_id,
+            "shipment": event.shipment,
+            "customer": event.customer,
+            "shop": Shop(
+                name=shop.name or self._default_shop.name,
+                url=shop.url or self._default_shop.url,
+                support_email=shop.support_email or self._default_shop.support_email,
+            ),
+            "eta": format_date(eta, format="full", locale=formats) if eta else None,
+            "occurred_at": _format_moment(event.occurred_at, formats),
+        }
+
+
+def _babel_locale(requested: str | None, template_locale: str) -> Locale:
+    """Dates follow the customer's full tag when Babel knows it (en-US and en-GB differ)."""
+    for tag in (requested, template_locale):
+        if tag:
+            try:
+                return Locale.parse(tag.replace("-", "_"))
+            except (ValueError, UnknownLocaleError):
+                continue
+    return Locale.parse("en")
+
+
+# how each language joins a long date and a clock time: "November 21, 2026 at 6:15 PM",
+# "21. November 2026, 18:15", "2026년 11월 21일 18:15"
+_MOMENT = {"en": (" at ", "h:mm a"), "ko": (" ", "HH:mm")}
+_DEFAULT_MOMENT = (", ", "HH:mm")
+
+
+def _format_moment(at: datetime, locale: Locale) -> str:
+    """The producer's local time of an event, as people of ``locale`` write it."""
+    joiner, clock = _MOMENT.get(locale.language, _DEFAULT_MOMENT)
+    day = format_date(at.date(), format="long", locale=locale)
+    return f"{day}{joiner}{format_time(at.timetz(), clock, locale=locale)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _tidy(text: str) -> str:
+    """Trailing spaces off, runs of blank lines folded to one, ends trimmed."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
