@@ -1,0 +1,120 @@
+"""Command line: ``python -m worker run|check|preview|schema``. Thin: parses arguments, loads the
+settings, calls into the package. Exit codes: 0 ok, 1 the command found a problem, 2 bad
+configuration or usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from worker import app, logs, preview
+from worker.events import Event
+from worker.render import RenderError
+from worker.settings import CHANNELS, STATUSES, ConfigError, Settings, load_settings
+
+EXIT_PROBLEM = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log)
+    try:
+        code: int = args.func(settings, args)
+    except (RenderError, app.StartupError) as exc:
+        # e.g. DEFAULT_LOCALE without templates, or a template that fails with sample data
+        print(f"start-up error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    return code
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="consume shipment events and send notifications")
+    run.set_defaults(func=_run)
+
+    check = commands.add_parser(
+        "check", help="render every status x channel x locale with sample data; exit 1 on errors"
+    )
+    check.set_defaults(func=_check)
+
+    show = commands.add_parser("preview", help="print one rendered notification")
+    show.add_argument("--status", choices=STATUSES, required=True)
+    show.add_argument("--locale", default=None, help="BCP 47 tag, e.g. vi or vi-VN")
+    show.add_argument("--channel", choices=CHANNELS, default="email")
+    show.add_argument("--event", type=Path, help="a JSON event file to render instead of samples")
+    show.add_argument("--minimal", action="store_true", help="sample data without optional fields")
+    show.add_argument("--html-out", type=Path, help="write the HTML part to this file")
+    show.set_defaults(func=_preview)
+
+    schema = commands.add_parser("schema", help="print the event JSON Schema")
+    schema.set_defaults(func=_schema)
+    return parser
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(app.run(settings))
+    return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    renderer = app.build_renderer(settings)
+    count, failures = preview.check(renderer)
+    for f in failures:
+        print(f"FAIL {f.locale}/{f.channel}/{f.status} ({f.data} data): {f.error}")
+    locales = ", ".join(sorted(renderer.locales))
+    print(
+        f"{count - len(failures)}/{count} renders ok: {len(STATUSES)} statuses x "
+        f"{len(CHANNELS)} channels x locales {locales} x full and minimal data"
+    )
+    return EXIT_PROBLEM if failures else 0
+
+
+def _preview(settings: Settings, args: argparse.Namespace) -> int:
+    renderer = app.build_renderer(settings)
+    locale = args.locale or renderer.default_locale
+    if args.event:
+        try:
+            data = json.loads(args.event.read_text(encoding="utf-8"))
+            data["status"] = args.status
+            data.setdefault("customer", {})["locale"] = locale
+            event = Event.model_validate(data)
+        except (OSError, ValueError, ValidationError) as exc:
+            print(f"--event {args.event}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    else:
+        event = preview.sample_event(args.status, locale, minimal=args.minimal)
+    if args.channel == "sms":
+        print(renderer.sms(event).text)
+        return 0
+    email = renderer.email(event)
+    print(f"Subject: {email.subject}\n\n{email.text}")
+    if args.html_out:
+        args.html_out.write_text(email.html, encoding="utf-8")
+        print(f"(HTML part written to {args.html_out})")
+    else:
+        print(email.html)
+    return 0
+
+
+def _schema(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(Event.model_json_schema(), indent=2, ensure_ascii=False))
+    return 0
