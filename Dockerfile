@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# The worker as a container: `docker build -t shipment-notifier .` then
+# `docker run --env-file worker.env shipment-notifier` (configuration: README.md).
+
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+# wheels for the project and every runtime dependency; build tools stay in this stage
+RUN python -m pip wheel --wheel-dir /wheels .
+
+FROM python:3.11-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TEMPLATES_DIR=/app/templates \
+    DATA_DIR=/var/lib/shipment-notifier
+RUN groupadd --system --gid 10001 worker \
+    && useradd --system --uid 10001 --gid worker --home-dir /app --shell /usr/sbin/nologin worker \
+    && mkdir -p /app /var/lib/shipment-notifier \
+    && chown worker:worker /var/lib/shipment-notifier
+COPY --from=build /wheels /wheels
+RUN python -m pip install --no-index --find-links=/wheels shipment-notifier \
+    && rm -rf /wheels
+COPY --chown=root:root templates /app/templates
+WORKDIR /app
+USER worker
+# the default SQLite dedup store lives here: mount a volume so it survives restarts
+VOLUME ["/var/lib/shipment-notifier"]
+# SIGTERM stops fetching, drains in-flight work and commits within SHUTDOWN_TIMEOUT (25 s)
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "worker", "run"]
