@@ -1,0 +1,49 @@
+"""Event builders for tests: a valid event with overrides, encoded as producers send it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+BASE_TIME = datetime(2026, 11, 21, 8, 15, tzinfo=UTC)
+
+
+def event(
+    event_id: str,
+    status: str,
+    *,
+    shipment_id: str = "SHP-1",
+    minutes: int = 0,
+    customer: dict[str, Any] | None = None,
+    shipment: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A valid event ``minutes`` after BASE_TIME; ``customer``/``shipment`` entries override."""
+    return {
+        "event_id": event_id,
+        "occurred_at": (BASE_TIME + timedelta(minutes=minutes)).isoformat(),
+        "status": status,
+        "shipment": {
+            "id": shipment_id,
+            "order_id": "ORD-5521",
+            "tracking_number": "VN123456789",
+            "carrier": "Giao Hàng Nhanh",
+            "tracking_url": "https://track.example/VN123456789",
+            "estimated_delivery": "2026-11-25",
+            **(shipment or {}),
+        },
+        "customer": {
+            "name": "Nguyễn Văn An",
+            "email": "an@example.com",
+            "phone": "+84 90 123 4567",
+            "locale": "vi-VN",
+            **(customer or {}),
+        },
+        **fields,
+    }
+
+
+def record(data: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) as a producer keys it: by shipment id."""
+    return data["shipment"]["id"].encode(), json.dumps(data, ensure_ascii=False).encode()

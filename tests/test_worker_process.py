@@ -1,0 +1,87 @@
+"""``python -m worker run`` as an operator runs it: a real process, real Kafka, real sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import MakeTopic, Produce, committed_offsets
+from tests.factories import event, record
+from tests.sinks import SmsSink, SmtpSink
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTCOMES = {"event_notified", "event_dead_lettered"}
+
+
+async def _outcome_lines(stream: asyncio.StreamReader, count: int) -> list[dict[str, Any]]:
+    """Read JSON log lines until ``count`` outcome lines arrived; every line must be JSON."""
+    outcomes = []
+    async with asyncio.timeout(60):
+        while len(outcomes) < count:
+            line = await stream.readline()
+            assert line, "the worker closed its log before the outcomes arrived"
+            entry = json.loads(line)
+            if entry["event"] in OUTCOMES:
+                outcomes.append(entry)
+    return outcomes
+
+
+async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_committing(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Callable[..., dict[str, str]],
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+) -> None:
+    """The worker process logs one JSON outcome line per record with topic, partition, offset
+    and key; on SIGTERM it commits what it finished, closes and exits 0."""
+    topic = await new_topic(partitions=2)
+    env = worker_env(topic, LOG_FORMAT="json")
+    await produce(
+        topic,
+        [
+            record(event("e1", "shipped", shipment_id="A")),
+            record(event("e2", "delivered", shipment_id="B")),
+            (b"C", b"not json"),
+        ],
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        outcomes = await _outcome_lines(process.stderr, 3)
+        await smtp_sink.wait_for(2)
+        process.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(process.stderr.read(), 30)
+        code = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert code == 0
+    seen = {(o["key"], o["event"]) for o in outcomes}
+    assert seen == {("A", "event_notified"), ("B", "event_notified"), ("C", "event_dead_lettered")}
+    for outcome in outcomes:
+        assert outcome["topic"] == topic
+        assert outcome["partition"] in (0, 1)
+        assert isinstance(outcome["offset"], int)
+    tail = [json.loads(line)["event"] for line in rest.decode().splitlines()]
+    assert tail[0] == "shutdown_requested"
+    assert tail[-1] == "worker_stopped"
+    committed = await committed_offsets(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic)
+    assert sum(committed.values()) == 3
