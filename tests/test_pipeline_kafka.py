@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -221,6 +223,7 @@ async def test_after_a_terminal_status_only_returned_notifies(
     ]
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
 async def test_restart_with_the_same_store_does_not_resend(
     kafka_bootstrap: str,
     new_topic: MakeTopic,
@@ -229,11 +232,21 @@ async def test_restart_with_the_same_store_does_not_resend(
     run_worker: Any,
     smtp_sink: SmtpSink,
     sms_sink: SmsSink,
+    store: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A second worker that reads the whole topic again (a new consumer group: the worst
-    redelivery) with the same SQLite store sends nothing more."""
+    redelivery) with the same SQLite file or Redis server sends nothing more."""
     events = [event("e1", "shipped", minutes=0), event("e2", "delivered", minutes=10)]
-    env = await deliver(kafka_bootstrap, new_topic, produce, worker_env, run_worker, events)
+    overrides = {}
+    if store == "redis":
+        overrides = {
+            "DEDUP_URL": request.getfixturevalue("redis_url"),
+            "DEDUP_KEY_PREFIX": f"restart-{uuid.uuid4().hex[:8]}:",
+        }
+    env = await deliver(
+        kafka_bootstrap, new_topic, produce, worker_env, run_worker, events, **overrides
+    )
     assert (len(smtp_sink.messages), len(sms_sink.requests)) == (2, 2)
 
     again = {**env, "KAFKA_GROUP_ID": env["KAFKA_GROUP_ID"] + "-again"}
