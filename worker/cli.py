@@ -14,9 +14,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from worker import app, logs, preview
+from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.render import RenderError
 from worker.settings import CHANNELS, STATUSES, ConfigError, Settings, load_settings
+
+log = logs.get_logger(__name__)
 
 EXIT_PROBLEM = 1
 EXIT_CONFIG = 2
@@ -71,7 +74,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(app.run(settings))
+    try:
+        asyncio.run(app.run(settings))
+    except ConsumerFailed as exc:
+        # already logged with its traceback; the record it failed on stays uncommitted
+        log.critical("worker_failed", error=str(exc))
+        return EXIT_PROBLEM
     return 0
 
 

@@ -84,6 +84,7 @@ class SmtpSender:
                 await client.connect()
             await client.send_message(mail)
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            _close(client)  # a fresh session next time rather than trusting this one's state
             codes = [r.code for r in exc.recipients]
             error = (
                 f"recipient refused: {', '.join(f'{r.code} {r.message}' for r in exc.recipients)}"
@@ -95,9 +96,9 @@ class SmtpSender:
             _close(client)
             raise TransientDeliveryError(f"SMTP authentication failed: {exc.code}") from exc
         except aiosmtplib.SMTPResponseException as exc:
+            _close(client)
             if 500 <= exc.code < 600:
                 raise PermanentDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
-            _close(client)
             raise TransientDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             _close(client)
