@@ -44,7 +44,9 @@ Channel = Literal["email", "sms"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"delivered", "returned", "cancelled"})
 
 MAX_RECORD_BYTES = 256 * 1024
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
+# C0 (but tab and line breaks), DEL, C1 (e.g. \x9b, the 8-bit terminal escape), and the
+# Unicode line/paragraph separators
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _no_control_chars(value: str) -> str:

@@ -17,11 +17,13 @@ class Watermark:
         self._started: deque[int] = deque()
         self._finished: set[int] = set()
         self._committable: int | None = None
+        self._last_started: int | None = None
 
     def start(self, offset: int) -> None:
-        if self._started and offset <= self._started[-1]:
-            raise ValueError(f"offset {offset} started after {self._started[-1]}")
+        if self._last_started is not None and offset <= self._last_started:
+            raise ValueError(f"offset {offset} started after {self._last_started}")
         self._started.append(offset)
+        self._last_started = offset
 
     def finish(self, offset: int) -> None:
         self._finished.add(offset)

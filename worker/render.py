@@ -112,14 +112,17 @@ class Renderer:
 
 
 def _babel_locale(requested: str | None, template_locale: str) -> Locale:
-    """Dates follow the customer's full tag when Babel knows it (en-US and en-GB differ)."""
-    for tag in (requested, template_locale):
-        if tag:
-            try:
-                return Locale.parse(tag.replace("-", "_"))
-            except (ValueError, UnknownLocaleError):
-                continue
-    return Locale.parse("en")
+    """Dates follow the customer's full tag when it is in the template's language (en-US and
+    en-GB differ); otherwise the template's language, so the words around a date match it."""
+    fallback = Locale.parse(template_locale)
+    if requested:
+        try:
+            customer = Locale.parse(requested.replace("-", "_"))
+        except (ValueError, UnknownLocaleError):
+            return fallback
+        if customer.language == fallback.language:
+            return customer
+    return fallback
 
 
 # how each language joins a long date and a clock time: "November 21, 2026 at 6:15 PM",

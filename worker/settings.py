@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AliasChoices,
     Field,
     SecretStr,
     ValidationError,
@@ -103,9 +102,7 @@ class KafkaSettings(_Section):
     dlq_topic: str = ""
     client_id: str = "shipment-notifier"
     commit_interval: PositiveFloat = 1.0
-    max_in_flight: PositiveInt = Field(
-        256, validation_alias=AliasChoices("MAX_IN_FLIGHT", "KAFKA_MAX_IN_FLIGHT")
-    )
+    max_in_flight: PositiveInt = Field(256, validation_alias="MAX_IN_FLIGHT")
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -270,7 +267,7 @@ def parse_policy(raw: str) -> dict[str, tuple[str, ...]]:
     override the default, the others keep it."""
     if not raw.strip():
         return dict(DEFAULT_POLICY)
-    text = raw if raw.lstrip().startswith("{") else _read_policy_file(raw)
+    text = raw if raw.lstrip().startswith(("{", "[")) else _read_policy_file(raw)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
