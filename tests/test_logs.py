@@ -1,0 +1,92 @@
+"""Logging: the maskers that keep personal data out of logs, and the JSON line format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from worker.logs import mask_email, mask_phone
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# structlog caches configured loggers process-wide, so configure() runs in a child process
+JSON_LOGGING_SCRIPT = textwrap.dedent(
+    """
+    import logging
+    from worker.logs import configure, get_logger
+    from worker.settings import LogFormat, LogSettings
+
+    configure(LogSettings(level="INFO", format=LogFormat.JSON))
+    log = get_logger("worker.pipeline")
+    log.info("notification_sent", shop="Cửa hàng Sen", channel="email")
+    log.debug("too_detailed")
+    logging.getLogger("aiokafka").info("rebalance step")
+    logging.getLogger("aiokafka").warning("heartbeat failed for %s", "Gruppe Süd")
+    print("stdout stays clean")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("address", "masked"),
+    [
+        ("lan.nguyen@example.com", "l***@example.com"),
+        ("a@example.com", "a***@example.com"),
+        ("an@sub.example.co.kr", "a***@sub.example.co.kr"),
+        ("odd@local@example.com", "o***@example.com"),
+        ("@example.com", "***@example.com"),
+        ("not-an-address", "***"),
+        ("", "***"),
+    ],
+)
+def test_mask_email(address: str, masked: str) -> None:
+    """Only the first letter of the local part and the domain survive."""
+    assert mask_email(address) == masked
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+84901234567", "+84******567"),
+        ("+4915123456789", "+49********789"),
+        ("+821012345678", "+82*******678"),
+        ("0901234567", "09*****567"),
+        ("+123456", "+12*456"),
+        ("+12345", "***"),
+        ("12345", "***"),
+        ("", "***"),
+    ],
+)
+def test_mask_phone(number: str, masked: str) -> None:
+    """The country prefix and last three digits survive; short numbers are hidden whole."""
+    assert mask_phone(number) == masked
+
+
+def test_json_logs_are_one_object_per_line_on_stderr() -> None:
+    """JSON format writes each event as one JSON object on stderr, non-ASCII kept readable."""
+    result = subprocess.run(
+        [sys.executable, "-c", JSON_LOGGING_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"stdout stays clean\n"
+    stderr = result.stderr.decode("utf-8")
+    lines = stderr.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["event"], r["level"], r["logger"]) for r in records] == [
+        ("notification_sent", "info", "worker.pipeline"),
+        ("heartbeat failed for Gruppe Süd", "warning", "aiokafka"),
+    ]
+    assert all(set(r) >= {"event", "level", "timestamp"} for r in records)
+    assert records[0]["shop"] == "Cửa hàng Sen"
+    assert records[0]["timestamp"].endswith("Z")
+    assert '"shop": "Cửa hàng Sen"' in lines[0]
+    assert "\\u" not in stderr

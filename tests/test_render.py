@@ -1,0 +1,250 @@
+"""Rendering: locale fallback, dates in the customer's language, escaping, and golden files.
+
+The golden files in ``tests/golden/<locale>-<status>-<part>.txt`` hold exact renders of
+``worker.preview.sample_event``. After an intended template change, regenerate them with
+
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render.py
+
+(those tests then rewrite their file and report themselves as skipped), and read the diff
+before committing it: a golden file that pins a bug is worse than none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import event
+from worker.events import Event, Shop
+from worker.preview import sample_event
+from worker.render import Renderer, RenderError
+from worker.settings import STATUSES
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+# what worker.app.build_renderer passes with the default settings
+DEFAULT_SHOP = Shop(name="Our shop", url=None, support_email=None)
+
+HOSTILE_NAME = "<script>alert(1)</script>"
+HOSTILE_CARRIER = '"><img src=x onerror=alert(1)>'
+
+CopyTemplates = Callable[[], Path]
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    """A renderer over the repository's templates, built as the app builds it by default
+    (shared by the module: it holds no state but its compiled-template cache)."""
+    return Renderer(TEMPLATES, "en", DEFAULT_SHOP)
+
+
+@pytest.fixture
+def copy_templates(tmp_path: Path) -> CopyTemplates:
+    """Factory: a private copy of the templates (removed with tmp_path) that a test may break."""
+
+    def make() -> Path:
+        return Path(shutil.copytree(TEMPLATES, tmp_path / "templates"))
+
+    return make
+
+
+def an_event(status: str = "shipped", **customer: Any) -> Event:
+    """A valid event (ETA 2026-11-25, a Wednesday); keyword arguments override customer fields."""
+    return Event.model_validate(event("evt-1", status, customer=customer))
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [
+        ("vi", "vi"),
+        ("vi-VN", "vi"),
+        ("VI", "vi"),
+        ("vi_VN", "vi"),
+        ("de_AT", "de"),
+        ("ko-KR", "ko"),
+        ("en-GB", "en"),
+        ("fr-FR", "en"),
+        ("zh-Hant-TW", "en"),
+        ("", "en"),
+        (None, "en"),
+    ],
+)
+def test_locale_fallback(renderer: Renderer, requested: str | None, expected: str) -> None:
+    """A tag falls back to its language, then to the default locale."""
+    assert renderer.locale_for(requested) == expected
+
+
+def test_the_renderer_knows_the_shipped_locales(renderer: Renderer) -> None:
+    """Every directory with email templates is a locale."""
+    assert renderer.locales == frozenset({"de", "en", "ko", "vi"})
+
+
+@pytest.mark.parametrize(
+    ("locale", "line"),
+    [
+        ("en-US", "Estimated delivery: Wednesday, November 25, 2026"),
+        ("en-GB", "Estimated delivery: Wednesday, 25 November 2026"),
+        ("de", "Voraussichtliche Zustellung: Mittwoch, 25. November 2026"),
+        ("de-AT", "Voraussichtliche Zustellung: Mittwoch, 25. November 2026"),
+        ("vi", "Dự kiến giao hàng: Thứ Tư, 25 tháng 11, 2026"),
+        ("ko-KR", "도착 예정일: 2026년 11월 25일 수요일"),
+    ],
+)
+def test_the_eta_is_written_as_the_locale_writes_dates(
+    renderer: Renderer, locale: str, line: str
+) -> None:
+    """The ETA in the text part is a full date in the customer's language and region."""
+    assert line in renderer.email(an_event(locale=locale)).text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("locale", "line"),
+    [
+        ("en-US", "Last update: November 21, 2026 at 8:15 AM"),
+        ("de", "Letzte Aktualisierung: 21. November 2026, 08:15"),
+        ("vi", "Cập nhật lúc: 21 tháng 11, 2026, 08:15"),
+        ("ko", "업데이트 일시: 2026년 11월 21일 08:15"),
+    ],
+)
+def test_the_event_time_is_the_producers_local_time(
+    renderer: Renderer, locale: str, line: str
+) -> None:
+    """08:15+07:00 is shown as 08:15, in the locale's way of joining a date and a time."""
+    text = renderer.email(sample_event("in_transit", locale)).text
+    assert line in text.splitlines()
+
+
+def test_a_fallback_locale_writes_dates_in_the_template_language(renderer: Renderer) -> None:
+    """A fr-FR customer gets the English email, so its dates must be English too."""
+    text = renderer.email(an_event(locale="fr-FR")).text
+    assert "Estimated delivery: Wednesday, November 25, 2026" in text.splitlines()
+    assert "mercredi" not in text
+
+
+@pytest.mark.parametrize("locale", ["en", "de", "vi", "ko"])
+@pytest.mark.parametrize("status", STATUSES)
+def test_every_subject_is_one_line(renderer: Renderer, locale: str, status: str) -> None:
+    """No subject contains a line break or surrounding whitespace."""
+    subject = renderer.email(sample_event(status, locale)).subject
+    assert subject == " ".join(subject.split())
+    assert subject != ""
+
+
+def test_the_subject_folds_line_breaks_the_event_did_not(renderer: Renderer) -> None:
+    """Even an order id that bypassed validation cannot add a header line to the subject."""
+    good = an_event(locale="en")
+    bad = good.model_copy(
+        update={"shipment": good.shipment.model_copy(update={"order_id": "ORD-1\r\nBcc: x@evil"})}
+    )
+    assert renderer.email(bad).subject == "Your order ORD-1 Bcc: x@evil has shipped"
+
+
+def test_html_escapes_a_hostile_name_and_carrier(renderer: Renderer) -> None:
+    """Markup in the customer's name or the carrier reaches the HTML part only as text."""
+    data = event("evt-1", "shipped", customer={"name": HOSTILE_NAME, "locale": "en"})
+    data["shipment"]["carrier"] = HOSTILE_CARRIER
+    html = renderer.email(Event.model_validate(data)).html
+    assert "Hi &lt;script&gt;alert(1)&lt;/script&gt;," in html
+    assert "is now with &#34;&gt;&lt;img src=x onerror=alert(1)&gt;." in html
+    assert "<script" not in html
+    assert "<img" not in html
+
+
+def test_the_text_part_is_not_html_escaped(renderer: Renderer) -> None:
+    """The plain-text part shows the name as written, without entities."""
+    text = renderer.email(an_event(name="Ann & <Bob>", locale="en")).text
+    assert text.splitlines()[0] == "Hi Ann & <Bob>,"
+
+
+@pytest.mark.parametrize(
+    ("locale", "line"),
+    [
+        ("en", "Track your parcel: https://track.example/VN123456789"),
+        ("de", "Sendung verfolgen: https://track.example/VN123456789"),
+        ("vi", "Theo dõi đơn hàng: https://track.example/VN123456789"),
+        ("ko", "배송 조회: https://track.example/VN123456789"),
+    ],
+)
+def test_the_text_part_carries_the_tracking_url(renderer: Renderer, locale: str, line: str) -> None:
+    """Plain-text readers get the tracking link on its own labelled line."""
+    assert line in renderer.email(an_event(locale=locale)).text.splitlines()
+
+
+def test_shop_fields_fall_back_to_the_configured_shop() -> None:
+    """An event without shop data signs with the shop the renderer was built with."""
+    shop = Shop(name="Test Shop", url="https://test.example", support_email="help@test.example")
+    text = Renderer(TEMPLATES, "en", shop).email(an_event(locale="en")).text
+    assert text.splitlines()[-4:] == [
+        "Test Shop",
+        "https://test.example",
+        "",
+        "Questions? Contact us at help@test.example.",
+    ]
+
+
+def test_a_missing_template_raises_render_error(copy_templates: CopyTemplates) -> None:
+    """A status whose template file is missing is a RenderError naming the file."""
+    templates = copy_templates()
+    (templates / "en" / "email" / "shipped.subject.txt").unlink()
+    renderer = Renderer(templates, "en", DEFAULT_SHOP)
+    with pytest.raises(RenderError) as caught:
+        renderer.email(an_event(locale="en"))
+    assert str(caught.value).startswith("en/email/shipped.subject.txt: ")
+
+
+def test_an_undefined_name_raises_render_error(copy_templates: CopyTemplates) -> None:
+    """A template using a name the context lacks fails instead of rendering an empty string."""
+    templates = copy_templates()
+    (templates / "en" / "sms" / "shipped.txt").write_text(
+        '{% extends "en/sms/_layout.txt" %}{% block message %}{{ parcel }}{% endblock %}',
+        encoding="utf-8",
+    )
+    with pytest.raises(RenderError, match=r"^en/sms/shipped\.txt: 'parcel' is undefined$"):
+        Renderer(templates, "en", DEFAULT_SHOP).sms(an_event(locale="en"))
+
+
+def test_a_default_locale_without_templates_is_refused() -> None:
+    """Building a renderer whose default locale has no templates raises RenderError."""
+    with pytest.raises(RenderError) as caught:
+        Renderer(TEMPLATES, "fr", DEFAULT_SHOP)
+    assert str(caught.value) == (
+        f"DEFAULT_LOCALE 'fr' has no templates in {TEMPLATES} (have: de, en, ko, vi)"
+    )
+
+
+GOLDEN_CASES = [
+    ("en", "shipped", "subject"),
+    ("en", "shipped", "text"),
+    ("en", "delivered", "html"),
+    ("vi", "out_for_delivery", "sms"),
+    ("ko", "delivered", "text"),
+    ("de", "delayed", "sms"),
+    ("de", "delivery_failed", "text"),
+]
+
+
+def render_part(renderer: Renderer, locale: str, status: str, part: str) -> str:
+    event = sample_event(status, locale)
+    if part == "sms":
+        return renderer.sms(event).text
+    rendered = renderer.email(event)
+    return {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}[part]
+
+
+@pytest.mark.parametrize(("locale", "status", "part"), GOLDEN_CASES)
+def test_golden_renders(renderer: Renderer, locale: str, status: str, part: str) -> None:
+    """The sample event renders exactly as the reviewed golden file says."""
+    path = GOLDEN / f"{locale}-{status}-{part}.txt"
+    rendered = render_part(renderer, locale, status, part)
+    if UPDATE_GOLDEN:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_bytes(rendered.encode("utf-8"))
+        pytest.skip(f"UPDATE_GOLDEN=1: rewrote {path.name}")
+    assert rendered == path.read_bytes().decode("utf-8")

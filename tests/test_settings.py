@@ -1,0 +1,317 @@
+"""Configuration from the environment: defaults, derived values, and one readable line per
+invalid variable, including at the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import AliasChoices
+
+from worker.settings import (
+    DEFAULT_POLICY,
+    AppSettings,
+    ConfigError,
+    DedupSettings,
+    EmailSettings,
+    KafkaSettings,
+    LogFormat,
+    LogSettings,
+    SmsProvider,
+    SmsSettings,
+    SmtpSecurity,
+    SmtpSettings,
+    load_settings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = (
+    KafkaSettings,
+    LogSettings,
+    SmtpSettings,
+    EmailSettings,
+    SmsSettings,
+    DedupSettings,
+    AppSettings,
+)
+
+
+def settings_variables() -> frozenset[str]:
+    """Every environment variable a settings section reads (upper case), aliases included."""
+    names: set[str] = set()
+    for section in SECTIONS:
+        prefix = section.model_config.get("env_prefix", "")
+        for field_name, field in section.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, str):
+                names.add(alias.upper())
+            elif isinstance(alias, AliasChoices):
+                names.update(str(choice).upper() for choice in alias.choices)
+            else:
+                names.add((prefix + field_name).upper())
+    return frozenset(names)
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any variable the settings read (in any case)."""
+    variables = settings_variables()
+    return {k: v for k, v in os.environ.items() if k.upper() not in variables}
+
+
+SetEnv = Callable[..., None]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> SetEnv:
+    """Factory: clears every settings variable (the developer's shell may set some), then
+    ``env(SMTP_PORT="25")`` sets the given ones; monkeypatch restores all afterwards."""
+    variables = settings_variables()
+    for name in list(os.environ):
+        if name.upper() in variables:
+            monkeypatch.delenv(name, raising=False)
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
+
+
+def problems_of(env: SetEnv, **values: str) -> list[str]:
+    """The ConfigError lines that ``values`` produce."""
+    env(**values)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+def test_defaults_without_any_variable(env: SetEnv) -> None:
+    """With no variables set, every section takes its documented default."""
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "localhost:9092"
+    assert settings.kafka.topic == "shipment-status"
+    assert settings.kafka.group_id == "shipment-notifier"
+    assert settings.kafka.dead_letter_topic == "shipment-status.dlq"
+    assert settings.kafka.max_in_flight == 256
+    assert settings.kafka.commit_interval == 1.0
+    assert settings.log.level == "INFO"
+    assert settings.log.format is LogFormat.JSON
+    assert settings.smtp.host == "localhost"
+    assert settings.smtp.port == 587
+    assert settings.smtp.security is SmtpSecurity.STARTTLS
+    assert settings.smtp.username is None
+    assert settings.email.from_ == "Shop <no-reply@shop.example>"
+    assert settings.sms.provider is SmsProvider.DISABLED
+    assert settings.dedup_url == "sqlite:///data/dedup.sqlite3"
+    assert settings.app.templates_dir == ROOT / "templates"
+    assert settings.app.default_locale == "en"
+    assert settings.app.shop_name == "Our shop"
+    assert settings.app.send_retries == 3
+    assert settings.app.policy == DEFAULT_POLICY
+
+
+def test_dead_letter_topic_follows_the_topic(env: SetEnv) -> None:
+    """Without KAFKA_DLQ_TOPIC the dead-letter topic is ``<KAFKA_TOPIC>.dlq``."""
+    env(KAFKA_TOPIC="orders")
+    assert load_settings().kafka.dead_letter_topic == "orders.dlq"
+
+
+def test_dead_letter_topic_can_be_named(env: SetEnv) -> None:
+    """KAFKA_DLQ_TOPIC, when set, is used as given."""
+    env(KAFKA_TOPIC="orders", KAFKA_DLQ_TOPIC="orders-dead")
+    assert load_settings().kafka.dead_letter_topic == "orders-dead"
+
+
+def test_bootstrap_servers_are_tidied(env: SetEnv) -> None:
+    """Spaces and empty entries between brokers are dropped."""
+    env(KAFKA_BOOTSTRAP_SERVERS=" k1:9092, ,k2:9093 ")
+    assert load_settings().kafka.bootstrap_servers == "k1:9092,k2:9093"
+
+
+def test_max_in_flight_sets_the_in_flight_bound(env: SetEnv) -> None:
+    """MAX_IN_FLIGHT (the one name it has) sets the in-flight bound."""
+    env(MAX_IN_FLIGHT="8")
+    assert load_settings().kafka.max_in_flight == 8
+
+
+def test_log_level_is_case_insensitive(env: SetEnv) -> None:
+    """LOG_LEVEL=debug is read as DEBUG."""
+    env(LOG_LEVEL="debug")
+    assert load_settings().log.level == "DEBUG"
+
+
+def test_sms_defaults_to_twilio_with_credentials(env: SetEnv) -> None:
+    """SID, token and sender without SMS_PROVIDER select Twilio."""
+    env(SMS_ACCOUNT_SID="AC1", SMS_AUTH_TOKEN="secret", SMS_FROM="+15005550006")
+    sms = load_settings().sms
+    assert sms.provider is SmsProvider.TWILIO
+    assert sms.auth_token is not None
+    assert sms.auth_token.get_secret_value() == "secret"
+    assert "secret" not in repr(sms)
+
+
+def test_sms_is_disabled_with_half_the_credentials(env: SetEnv) -> None:
+    """A SID without a token is not enough to pick a provider: SMS stays disabled."""
+    env(SMS_ACCOUNT_SID="AC1")
+    assert load_settings().sms.provider is SmsProvider.DISABLED
+
+
+def test_twilio_without_a_sender_names_sms_from(env: SetEnv) -> None:
+    """Credentials without SMS_FROM are an error that names SMS_FROM."""
+    problems = problems_of(env, SMS_ACCOUNT_SID="AC1", SMS_AUTH_TOKEN="secret")
+    assert problems == ["SMS_PROVIDER=twilio needs SMS_FROM"]
+
+
+def test_explicit_twilio_names_every_missing_variable(env: SetEnv) -> None:
+    """SMS_PROVIDER=twilio alone lists all three missing variables."""
+    problems = problems_of(env, SMS_PROVIDER="twilio")
+    assert problems == ["SMS_PROVIDER=twilio needs SMS_ACCOUNT_SID, SMS_AUTH_TOKEN, SMS_FROM"]
+
+
+def test_webhook_without_a_url(env: SetEnv) -> None:
+    """SMS_PROVIDER=webhook without SMS_WEBHOOK_URL is an error naming the URL variable."""
+    assert problems_of(env, SMS_PROVIDER="webhook") == [
+        "SMS_PROVIDER=webhook needs SMS_WEBHOOK_URL"
+    ]
+
+
+def test_webhook_with_a_url(env: SetEnv) -> None:
+    """A webhook provider keeps its URL, without a trailing slash."""
+    env(SMS_PROVIDER="webhook", SMS_WEBHOOK_URL="https://sms.example/send/")
+    sms = load_settings().sms
+    assert (sms.provider, sms.webhook_url) == (SmsProvider.WEBHOOK, "https://sms.example/send")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SMTP_PORT", "abc"),
+        ("SMTP_PORT", "0"),
+        ("SMTP_PORT", "65536"),
+        ("LOG_LEVEL", "verbose"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka:http"),
+        ("KAFKA_BOOTSTRAP_SERVERS", " , "),
+        ("MAX_IN_FLIGHT", "0"),
+        ("MAX_IN_FLIGHT", "many"),
+        ("EMAIL_FROM", "nobody"),
+        ("EMAIL_FROM", "Shop <a@shop.example>\nBcc: all@example.com"),
+        ("DEDUP_URL", "postgres://db/notify"),
+    ],
+)
+def test_an_invalid_value_is_one_line_naming_its_variable(
+    env: SetEnv, name: str, value: str
+) -> None:
+    """Each invalid variable produces exactly one problem line, prefixed with its name."""
+    problems = problems_of(env, **{name: value})
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{name}: ")
+
+
+def test_messages_say_what_is_wrong(env: SetEnv) -> None:
+    """Lines read as variable, reason and the value that was given."""
+    problems = problems_of(env, KAFKA_BOOTSTRAP_SERVERS="kafka", DEDUP_URL="postgres://db")
+    assert problems == [
+        "KAFKA_BOOTSTRAP_SERVERS: 'kafka' is not host:port (got 'kafka')",
+        "DEDUP_URL: 'postgres://db': use sqlite:///path/file.db, memory:// or "
+        "redis://host:port/db (got 'postgres://db')",
+    ]
+
+
+def test_every_invalid_variable_is_reported_at_once(env: SetEnv) -> None:
+    """Problems in several sections are collected into one error, one line each."""
+    problems = problems_of(
+        env,
+        SMTP_PORT="abc",
+        LOG_LEVEL="verbose",
+        KAFKA_BOOTSTRAP_SERVERS="kafka",
+        MAX_IN_FLIGHT="0",
+        EMAIL_FROM="nobody",
+        DEDUP_URL="postgres://db",
+    )
+    assert [line.split(": ", 1)[0] for line in problems] == [
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "MAX_IN_FLIGHT",
+        "LOG_LEVEL",
+        "SMTP_PORT",
+        "EMAIL_FROM",
+        "DEDUP_URL",
+    ]
+
+
+def test_smtp_credentials_come_in_pairs(env: SetEnv) -> None:
+    """A username without a password is reported with both variable names."""
+    assert problems_of(env, SMTP_USERNAME="mailer") == [
+        "SMTP_USERNAME and SMTP_PASSWORD must be set together"
+    ]
+
+
+def test_policy_as_inline_json_overrides_listed_statuses(env: SetEnv) -> None:
+    """Inline NOTIFY_POLICY replaces the listed statuses and keeps the defaults for the rest."""
+    env(NOTIFY_POLICY='{"shipped": ["sms"], "in_transit": ["sms", "email"]}')
+    policy = load_settings().app.policy
+    assert policy == {**DEFAULT_POLICY, "shipped": ("sms",), "in_transit": ("email", "sms")}
+
+
+def test_policy_from_a_file(env: SetEnv, tmp_path: Path) -> None:
+    """A NOTIFY_POLICY that is a path is read as a JSON file."""
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"delivered": [], "processing": ["email"]}), encoding="utf-8")
+    env(NOTIFY_POLICY=str(path))
+    policy = load_settings().app.policy
+    assert policy == {**DEFAULT_POLICY, "delivered": (), "processing": ("email",)}
+
+
+def test_policy_with_an_unknown_status(env: SetEnv) -> None:
+    """A status that does not exist is named in the error."""
+    assert problems_of(env, NOTIFY_POLICY='{"lost": ["email"]}') == [
+        "NOTIFY_POLICY names unknown status 'lost'"
+    ]
+
+
+@pytest.mark.parametrize("channels", ['["fax"]', '"email"', '["email", "pigeon"]'])
+def test_policy_with_a_bad_channel_list(env: SetEnv, channels: str) -> None:
+    """Channels must be a list drawn from email and sms."""
+    assert problems_of(env, NOTIFY_POLICY=f'{{"shipped": {channels}}}') == [
+        "NOTIFY_POLICY['shipped'] must be a list of 'email'/'sms'"
+    ]
+
+
+def test_policy_that_is_not_json(env: SetEnv) -> None:
+    """Broken inline JSON is reported as such."""
+    problems = problems_of(env, NOTIFY_POLICY="{shipped: email}")
+    assert len(problems) == 1
+    assert problems[0].startswith("NOTIFY_POLICY is not valid JSON: ")
+
+
+def test_policy_file_that_cannot_be_read(env: SetEnv, tmp_path: Path) -> None:
+    """A policy path that does not exist names the file and the OS reason."""
+    missing = tmp_path / "nope.json"
+    assert problems_of(env, NOTIFY_POLICY=str(missing)) == [
+        f"NOTIFY_POLICY file {str(missing)!r} cannot be read: No such file or directory"
+    ]
+
+
+def test_cli_reports_bad_configuration_without_a_traceback() -> None:
+    """``python -m worker run`` with SMTP_PORT=abc exits 2 with one stderr line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        cwd=ROOT,
+        env={**clean_environ(), "SMTP_PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("configuration error: SMTP_PORT: ")
+    assert lines[0].endswith("(got 'abc')")
+    assert result.stdout == ""
