@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store
+from worker.dedup.store import Claim
 
 OpenStore = Callable[..., Awaitable[DedupStore]]
 
@@ -89,3 +90,46 @@ async def test_persistent_stores_survive_a_reopen(open_fresh: OpenStore) -> None
     snapshot = await second.load("e1", "s1")
     assert snapshot.event == EventRecord(("email", "sms"), {"sms": "dead_lettered"})
     assert snapshot.shipment == ShipmentState("shipped", 1.0)
+
+
+async def test_a_claim_is_exclusive_until_its_lease_ends(open_fresh: OpenStore) -> None:
+    """Another worker's live claim is refused with its holder; once the lease ends, it is
+    taken over."""
+    store = await open_fresh()
+    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0))
+    assert await store.claim("e1", "email", "worker-a/1", lease=1) == Claim(True)
+    assert await store.claim("e1", "email", "worker-b/1", lease=1) == Claim(
+        False, holder="worker-a/1"
+    )
+    await asyncio.sleep(1.2)
+    assert await store.claim("e1", "email", "worker-b/1", lease=1) == Claim(True)
+
+
+async def test_a_restarted_worker_takes_over_its_own_claims_at_once(open_fresh: OpenStore) -> None:
+    """A new incarnation of the same worker id takes a claim its crashed predecessor held;
+    the holder renews its own claim."""
+    store = await open_fresh()
+    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0))
+    assert await store.claim("e1", "sms", "worker-a/old", lease=60) == Claim(True)
+    assert await store.claim("e1", "sms", "worker-a/old", lease=60) == Claim(True)
+    assert await store.claim("e1", "sms", "worker-a/new", lease=60) == Claim(True)
+    assert await store.claim("e1", "sms", "worker-b/1", lease=60) == Claim(
+        False, holder="worker-a/new"
+    )
+
+
+async def test_a_done_channel_answers_its_outcome_and_reopen_forgets_it(
+    open_fresh: OpenStore,
+) -> None:
+    """After mark_done a claim answers the outcome (and the claim is gone); reopen makes the
+    channel claimable again."""
+    store = await open_fresh()
+    await store.accept("e1", ("email", "sms"), "s1", ShipmentState("shipped", 1.0))
+    assert await store.claim("e1", "email", "worker-a/1", lease=60) == Claim(True)
+    await store.mark_done("e1", "email", "dead_lettered")
+    assert await store.claim("e1", "email", "worker-b/1", lease=60) == Claim(
+        False, outcome="dead_lettered"
+    )
+    await store.reopen("e1", "email")
+    assert (await store.load("e1", "s1")).event == EventRecord(("email", "sms"), {})
+    assert await store.claim("e1", "email", "worker-b/1", lease=60) == Claim(True)

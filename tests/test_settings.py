@@ -112,7 +112,9 @@ def test_defaults_without_any_variable(env: SetEnv) -> None:
     assert settings.app.templates_dir == ROOT / "templates"
     assert settings.app.default_locale == "en"
     assert settings.app.shop_name == "Our shop"
-    assert settings.app.send_retries == 3
+    assert settings.app.send_retries == 2  # then the retry topic takes over
+    assert settings.kafka.retries_topic == "shipment-status.retry"
+    assert (settings.retry.max_attempts, settings.retry.base_delay) == (8, 30.0)
     assert settings.app.policy == DEFAULT_POLICY
 
 

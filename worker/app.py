@@ -4,7 +4,9 @@ reverse order. Signal handlers only ask the consumer to stop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import uuid
 from contextlib import AsyncExitStack
 
 import httpx
@@ -15,13 +17,17 @@ from worker.channels.sms import TwilioSender, WebhookSender
 from worker.channels.smtp import SmtpSender
 from worker.consumer import KeyOrderedConsumer, Record, build_consumer
 from worker.dedup import DedupStore, open_store
-from worker.dlq import KafkaDeadLetters, build_producer
+from worker.delivery import Courier, InProcessRetry
+from worker.envelope import Envelope
 from worker.events import Shop
 from worker.logs import get_logger
-from worker.pipeline import Envelope, Pipeline, RetryPolicy
+from worker.pipeline import Pipeline
 from worker.preview import check
 from worker.render import Renderer
+from worker.retry import Backoff, RetryLimits, due_time
 from worker.settings import Settings, SmsProvider
+from worker.sidetopics import SideTopics, build_producer
+from worker.topics import ensure_side_topics
 
 log = get_logger(__name__)
 
@@ -76,6 +82,37 @@ def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
     return store
 
 
+def build_pipeline(
+    settings: Settings,
+    store: DedupStore,
+    renderer: Renderer,
+    senders: dict[str, Sender],
+    side: SideTopics,
+) -> Pipeline:
+    app, limits = settings.app, settings.retry
+    courier = Courier(
+        store=store,
+        renderer=renderer,
+        senders=senders,
+        dead_letters=side,
+        retries=side,
+        in_process=InProcessRetry(app.send_retries, Backoff(app.send_retry_base, 10.0)),
+        limits=RetryLimits(
+            limits.max_attempts, limits.max_age, Backoff(limits.base_delay, limits.max_delay)
+        ),
+        owner=f"{app.worker_id}/{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        lease=app.claim_lease,
+    )
+    return Pipeline(
+        store=store,
+        courier=courier,
+        policy=app.policy,
+        channels=frozenset(senders),
+        dead_letters=side,
+        locale_for=renderer.locale_for,
+    )
+
+
 async def run(
     settings: Settings,
     *,
@@ -84,31 +121,28 @@ async def run(
 ) -> None:
     """Run until SIGTERM/SIGINT (or until ``stop`` is set), then drain, commit and close
     everything in reverse order."""
+    kafka_settings = settings.kafka
     async with AsyncExitStack() as stack:
         renderer = checked_renderer(settings)
         store = build_store(settings, stack)
         senders = build_senders(settings, stack)
-        producer = build_producer(settings.kafka)
+        await ensure_side_topics(kafka_settings)
+        producer = build_producer(kafka_settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        pipeline = Pipeline(
-            store=store,
-            renderer=renderer,
-            senders=senders,
-            policy=settings.app.policy,
-            dead_letters=KafkaDeadLetters(producer, settings.kafka.dead_letter_topic),
-            retry=RetryPolicy(settings.app.send_retries, settings.app.send_retry_base),
-        )
-        kafka = build_consumer(settings.kafka)
+        side = SideTopics(producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic)
+        pipeline = build_pipeline(settings, store, renderer, senders, side)
+        kafka = build_consumer(kafka_settings)
         await kafka.start()
         stack.push_async_callback(kafka.stop)
         consumer = KeyOrderedConsumer(
             kafka,
-            lambda record: _process(pipeline, record),
-            topics=(settings.kafka.topic,),
-            max_in_flight=settings.kafka.max_in_flight,
-            commit_interval=settings.kafka.commit_interval,
+            lambda record: _process(pipeline, side.retry_topic, record),
+            topics=(kafka_settings.topic, side.retry_topic),
+            max_in_flight=kafka_settings.max_in_flight,
+            commit_interval=kafka_settings.commit_interval,
             drain_timeout=settings.app.shutdown_timeout,
+            due_at=lambda record: _due_at(side.retry_topic, record),
         )
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
@@ -120,9 +154,11 @@ async def run(
             stack.callback(watcher.cancel)
         log.info(
             "worker_started",
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            topic=settings.kafka.topic,
-            group_id=settings.kafka.group_id,
+            bootstrap_servers=kafka_settings.bootstrap_servers,
+            topic=kafka_settings.topic,
+            retry_topic=side.retry_topic,
+            group_id=kafka_settings.group_id,
+            worker_id=settings.app.worker_id,
             channels=sorted(senders),
             dedup=settings.dedup_url.split(":", 1)[0],
         )
@@ -130,9 +166,8 @@ async def run(
     log.info("worker_stopped")
 
 
-async def _process(pipeline: Pipeline, record: Record) -> None:
-    structlog.contextvars.clear_contextvars()
-    envelope = Envelope(
+def _envelope(record: Record) -> Envelope:
+    return Envelope(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
@@ -140,7 +175,21 @@ async def _process(pipeline: Pipeline, record: Record) -> None:
         value=record.value,
         headers=tuple(record.headers),
     )
-    await pipeline.process(envelope)
+
+
+async def _process(pipeline: Pipeline, retry_topic: str, record: Record) -> None:
+    structlog.contextvars.clear_contextvars()
+    envelope = _envelope(record)
+    if record.topic == retry_topic:
+        await pipeline.process_retry(envelope)
+    else:
+        await pipeline.process(envelope)
+
+
+def _due_at(retry_topic: str, record: Record) -> float | None:
+    if record.topic != retry_topic:
+        return None
+    return due_time(dict(record.headers))
 
 
 async def _stop_when_set(stop: asyncio.Event, consumer: KeyOrderedConsumer) -> None:

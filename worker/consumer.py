@@ -1,9 +1,15 @@
 """The Kafka side: fetch records, run them through a handler with per-key ordering and bounded
 concurrency, and commit each partition's completion watermark. No business logic lives here.
 
-Ordering: records with the same key (a shipment id) on a partition run one after another in
-offset order; different keys run concurrently, at most ``max_in_flight`` at once. A record
-without a key is ordered with every other keyless record of its partition.
+Ordering: records with the same key (a shipment id) run one after another in the order they
+were fetched, across the partitions and topics this consumer reads (so a retry of a shipment's
+notification never overtakes that shipment's next event here); different keys run concurrently,
+at most ``max_in_flight`` at once. A record without a key is ordered with every other keyless
+record of its partition.
+
+Due times: a record whose ``due_at`` lies in the future (a retry waiting for its backoff) is
+not run early: its partition is paused and rewound to it, and resumed when it is due. Other
+partitions, the main topic's among them, keep flowing.
 
 Commits: only offsets whose records the handler has finished are committed, periodically, on
 partition revocation and at shutdown. A handler that raises is a bug: the consumer stops without
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -28,6 +35,8 @@ log = get_logger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Handler = Callable[[Record], Awaitable[None]]
+DueAt = Callable[[Record], float | None]
+OrderKey = tuple[TopicPartition | None, bytes | None]
 
 
 class ConsumerFailed(Exception):
@@ -58,6 +67,7 @@ class KeyOrderedConsumer:
         max_in_flight: int,
         commit_interval: float,
         drain_timeout: float,
+        due_at: DueAt | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -67,7 +77,9 @@ class KeyOrderedConsumer:
         self._drain_timeout = drain_timeout
         self._marks: dict[TopicPartition, Watermark] = {}
         self._committed: dict[TopicPartition, int] = {}
-        self._tails: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
+        self._due_at = due_at
+        self._tails: dict[OrderKey, asyncio.Task[None]] = {}
+        self._resumes: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._failure: BaseException | None = None
         self._stopping = asyncio.Event()
@@ -84,6 +96,8 @@ class KeyOrderedConsumer:
             await self._fetch_until_stopped()
         finally:
             committer.cancel()
+            for resume in self._resumes.values():
+                resume.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._drain(list(self._tasks))
@@ -94,10 +108,29 @@ class KeyOrderedConsumer:
     async def _fetch_until_stopped(self) -> None:
         while not self._stopping.is_set():
             batch = await self._consumer.getmany(timeout_ms=200)
-            for records in batch.values():
+            for tp, records in batch.items():
                 for record in records:
+                    if self._wait_until_due(tp, record):
+                        break
                     if not await self._dispatch(record):
                         return
+
+    def _wait_until_due(self, tp: TopicPartition, record: Record) -> bool:
+        """True when ``record`` is not due yet: its partition now waits (paused, rewound)."""
+        due = self._due_at(record) if self._due_at else None
+        delay = due - time.time() if due is not None else 0.0
+        if delay <= 0 or tp not in self._marks:
+            return False
+        self._consumer.pause(tp)
+        self._consumer.seek(tp, record.offset)
+        loop = asyncio.get_running_loop()
+        self._resumes[tp] = loop.call_later(delay, self._resume, tp)
+        return True
+
+    def _resume(self, tp: TopicPartition) -> None:
+        self._resumes.pop(tp, None)
+        if tp in self._marks:
+            self._consumer.resume(tp)
 
     async def _dispatch(self, record: Record) -> bool:
         """Start ``record``'s task once a slot is free; False when stopping instead."""
@@ -108,7 +141,7 @@ class KeyOrderedConsumer:
             self._slots.release()
             return True
         self._marks[tp].start(record.offset)
-        key = (tp, record.key)
+        key: OrderKey = (None, record.key) if record.key is not None else (tp, None)
         task = asyncio.create_task(self._run_in_order(record, self._tails.get(key)))
         self._tails[key] = task
         self._tasks.setdefault(tp, set()).add(task)
@@ -131,9 +164,11 @@ class KeyOrderedConsumer:
     async def _run_in_order(self, record: Record, previous: asyncio.Task[None] | None) -> None:
         try:
             if previous is not None:
+                # an abandoned (cancelled) predecessor will be redelivered; this one need not
+                # wait for that, but nothing runs once the handler has failed
                 await asyncio.wait({previous})
-                if previous.cancelled() or previous.exception() is not None:
-                    return  # the key's earlier record did not finish: neither may this one
+            if self._failure is not None:
+                return
             await self._handler(record)
             mark = self._marks.get(TopicPartition(record.topic, record.partition))
             if mark is not None:
@@ -153,9 +188,7 @@ class KeyOrderedConsumer:
         finally:
             self._slots.release()
 
-    def _forget(
-        self, tp: TopicPartition, key: tuple[TopicPartition, bytes | None], task: asyncio.Task[None]
-    ) -> None:
+    def _forget(self, tp: TopicPartition, key: OrderKey, task: asyncio.Task[None]) -> None:
         self._tasks.get(tp, set()).discard(task)
         if self._tails.get(key) is task:
             del self._tails[key]
@@ -206,6 +239,9 @@ class KeyOrderedConsumer:
         await self._drain(list(revoked))
         await self._commit(list(revoked))
         for tp in revoked:
+            resume = self._resumes.pop(tp, None)
+            if resume is not None:
+                resume.cancel()
             self._marks.pop(tp, None)
             self._committed.pop(tp, None)
             self._tasks.pop(tp, None)

@@ -1,77 +1,43 @@
-"""One record from bytes to outcome: decode -> rules -> plan -> render -> send -> record.
+"""One record from bytes to outcome: decode -> rules -> plan -> deliver each channel.
 
-Every record ends in exactly one ``Outcome`` (notified, skipped by a named rule, or
-dead-lettered with a reason) and one summary log line. The dedup store is written before a
-notification goes out (the event is accepted) and after (the channel is done), so a record
-redelivered after a crash resends exactly the channels that were not done. No Kafka here: the
-consumer hands in an ``Envelope`` and publishes dead letters through ``DeadLetters``.
+Every record ends in exactly one ``Outcome`` (notified, retrying, skipped by a named rule, or
+dead-lettered with a reason) and one summary log line. The event is accepted in the store
+before anything is sent; each channel then records its own outcome (``delivery.Courier``), so
+a record redelivered after a crash sends exactly the channels that have none.
+
+Main-topic records go through ``process``; retry-topic records through ``process_retry``,
+which first drops a notification whose shipment has moved on (never send a status late).
+No Kafka here: the consumer hands in ``Envelope``s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import structlog
 
-from worker.channels import (
-    DeliveryError,
-    Outgoing,
-    PermanentDeliveryError,
-    Sender,
-    TransientDeliveryError,
-)
+from worker import retry
 from worker.dedup import DedupStore, ShipmentState
 from worker.dedup.rules import skip_reason
+from worker.dedup.store import EventRecord
+from worker.delivery import DEAD_LETTERED, DEFERRED, SENT, STALE, Courier, DeadLetters
+from worker.envelope import REPLAYED_FROM, Envelope
 from worker.events import Event, InvalidEvent, decode
-from worker.logs import get_logger, mask_email, mask_phone
+from worker.logs import get_logger
 from worker.policy import Delivery, plan
-from worker.render import Renderer, RenderError
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """A record as it came from the broker."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-class DeadLetters(Protocol):
-    async def publish(
-        self, envelope: Envelope, error_type: str, message: str, channel: str | None = None
-    ) -> None:
-        """Store the record, unchanged, with the reason; return once it is durable."""
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: str  # notified | skipped | dead_lettered
+    kind: str  # notified | retrying | skipped | dead_lettered
     reason: str = ""  # the skip rule or the dead-letter error type
     sent: tuple[str, ...] = ()
+    deferred: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 3  # retries after the first try
-    base_delay: float = 0.5
-    max_delay: float = 10.0
-    jitter: random.Random = field(default_factory=random.Random)
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter for retry number ``attempt`` (1-based)."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return self.jitter.uniform(ceiling / 2, ceiling)
 
 
 class Pipeline:
@@ -79,56 +45,69 @@ class Pipeline:
         self,
         *,
         store: DedupStore,
-        renderer: Renderer,
-        senders: Mapping[str, Sender],
+        courier: Courier,
         policy: Mapping[str, tuple[str, ...]],
+        channels: frozenset[str],
         dead_letters: DeadLetters,
-        retry: RetryPolicy,
+        locale_for: Callable[[str | None], str],
     ) -> None:
         self._store = store
-        self._renderer = renderer
-        self._senders = senders
+        self._courier = courier
         self._policy = policy
+        self._channels = channels
         self._dead_letters = dead_letters
-        self._retry = retry
-        self._configured = frozenset(senders)
+        self._locale_for = locale_for
 
     async def process(self, envelope: Envelope) -> Outcome:
+        """A main-topic record (or a replayed dead letter)."""
+        event = await self._decoded(envelope)
+        if isinstance(event, Outcome):
+            return event
+        outcome = await self._handle(event, envelope)
+        _log_outcome(outcome)
+        return outcome
+
+    async def process_retry(self, envelope: Envelope) -> Outcome:
+        """A retry-topic record: the next attempt of one channel of an accepted event."""
+        try:
+            state = retry.parse(envelope.header_map())
+        except ValueError as exc:
+            return await self._reject(envelope, "bad_retry_record", str(exc))
+        event = await self._decoded(envelope)
+        if isinstance(event, Outcome):
+            return event
+        structlog.contextvars.bind_contextvars(channel=state.channel, attempt=state.attempt)
+        outcome = await self._retry(event, envelope, state)
+        _log_outcome(outcome)
+        return outcome
+
+    async def _decoded(self, envelope: Envelope) -> Event | Outcome:
         structlog.contextvars.bind_contextvars(
             topic=envelope.topic,
             partition=envelope.partition,
             offset=envelope.offset,
-            key=envelope.key.decode("utf-8", "replace") if envelope.key is not None else None,
+            key=envelope.key_text,
         )
         decoded = decode(envelope.value)
         if isinstance(decoded, InvalidEvent):
-            await self._dead_letters.publish(envelope, decoded.kind, decoded.message)
-            log.warning(
-                "event_dead_lettered",
-                outcome="dead_lettered",
-                reason=decoded.kind,
-                error=decoded.message,
-            )
-            return Outcome("dead_lettered", decoded.kind)
+            return await self._reject(envelope, decoded.kind, decoded.message)
         structlog.contextvars.bind_contextvars(
             event_id=decoded.event_id,
             shipment_id=decoded.shipment.id,
             status=decoded.status,
-            locale=self._renderer.locale_for(decoded.customer.locale),
+            locale=self._locale_for(decoded.customer.locale),
         )
-        outcome = await self._handle(decoded, envelope)
-        _log_outcome(outcome)
-        return outcome
+        return decoded
+
+    async def _reject(self, envelope: Envelope, kind: str, message: str) -> Outcome:
+        await self._dead_letters.publish(envelope, kind, message)
+        log.warning("event_dead_lettered", outcome="dead_lettered", reason=kind, error=message)
+        return Outcome("dead_lettered", kind)
 
     async def _handle(self, event: Event, envelope: Envelope) -> Outcome:
         snapshot = await self._store.load(event.event_id, event.shipment.id)
         if snapshot.event is not None:
-            pending = snapshot.event.pending
-            if not pending:
-                return Outcome("skipped", "duplicate")
-            log.info("event_resumed", channels=list(pending))
-            deliveries = [d for d in self._plan(event, log_skips=False) if d.channel in pending]
-            return await self._deliver(event, envelope, deliveries)
+            return await self._resume(event, envelope, snapshot.event, snapshot.shipment)
         rule = skip_reason(event, snapshot.shipment)
         if rule is not None:
             return Outcome("skipped", rule)
@@ -141,8 +120,53 @@ class Pipeline:
             return Outcome("skipped", "no_channel")
         return await self._deliver(event, envelope, deliveries)
 
+    async def _resume(
+        self,
+        event: Event,
+        envelope: Envelope,
+        record: EventRecord,
+        shipment: ShipmentState | None,
+    ) -> Outcome:
+        """A redelivery: send what has no outcome yet (and, for a replayed dead letter, what
+        was dead-lettered), unless the shipment has moved on since."""
+        replayed = [c for c, o in record.done.items() if o == DEAD_LETTERED]
+        if envelope.header(REPLAYED_FROM) is not None:
+            for channel in replayed:
+                await self._store.reopen(event.event_id, channel)
+            pending = tuple(c for c in record.channels if c in replayed or c not in record.done)
+        else:
+            pending = record.pending
+        if not pending:
+            return Outcome("skipped", "duplicate")
+        if _superseded(event, shipment):
+            await self._drop_stale(event.event_id, pending)
+            return Outcome("skipped", "superseded")
+        log.info("event_resumed", channels=list(pending))
+        deliveries = [d for d in self._plan(event, log_skips=False) if d.channel in pending]
+        return await self._deliver(event, envelope, deliveries)
+
+    async def _retry(self, event: Event, envelope: Envelope, state: retry.RetryState) -> Outcome:
+        snapshot = await self._store.load(event.event_id, event.shipment.id)
+        done = snapshot.event.done.get(state.channel) if snapshot.event else None
+        if done is not None and done != DEFERRED:
+            return Outcome("skipped", "duplicate")
+        if _superseded(event, snapshot.shipment):
+            await self._drop_stale(event.event_id, (state.channel,))
+            return Outcome("skipped", "superseded")
+        deliveries = [d for d in self._plan(event, log_skips=False) if d.channel == state.channel]
+        if not deliveries:  # the contact or the policy changed since the first attempt
+            await self._store.mark_done(event.event_id, state.channel, STALE)
+            return Outcome("skipped", "no_channel")
+        result = await self._courier.deliver(event, envelope, deliveries[0], state)
+        return _summarize([(state.channel, result)])
+
+    async def _drop_stale(self, event_id: str, channels: tuple[str, ...]) -> None:
+        for channel in channels:
+            await self._store.mark_done(event_id, channel, STALE)
+            log.info("notification_stale_dropped", channel=channel)
+
     def _plan(self, event: Event, *, log_skips: bool) -> list[Delivery]:
-        decided = plan(event, self._policy, self._configured)
+        decided = plan(event, self._policy, self._channels)
         if log_skips:
             for skip in decided.skips:
                 log.info("notification_skipped", channel=skip.channel, reason=skip.reason)
@@ -151,91 +175,49 @@ class Pipeline:
     async def _deliver(
         self, event: Event, envelope: Envelope, deliveries: list[Delivery]
     ) -> Outcome:
-        results = await asyncio.gather(*(self._one(event, envelope, d) for d in deliveries))
-        sent = tuple(d.channel for d, ok in zip(deliveries, results, strict=True) if ok)
-        failed = tuple(d.channel for d, ok in zip(deliveries, results, strict=True) if not ok)
-        if sent:
-            return Outcome("notified", sent=sent, failed=failed)
-        return Outcome("dead_lettered", "delivery_failed", failed=failed)
-
-    async def _one(self, event: Event, envelope: Envelope, delivery: Delivery) -> bool:
-        """Send one channel; True when sent, False when dead-lettered. Either way the outcome
-        is recorded in the store before returning."""
-        channel = delivery.channel
-        to = mask_email(delivery.address) if channel == "email" else mask_phone(delivery.address)
-        try:
-            message = self._compose(event, delivery)
-            await self._send_with_retry(message, to)
-        except DeliveryError as exc:
-            error_type = (
-                "transient_exhausted" if isinstance(exc, TransientDeliveryError) else "permanent"
-            )
-            await self._dead_letters.publish(envelope, error_type, str(exc), channel=channel)
-            await self._store.mark_done(event.event_id, channel, "dead_lettered")
-            log.error(
-                "notification_failed", channel=channel, to=to, error_type=error_type, error=str(exc)
-            )
-            return False
-        await self._store.mark_done(event.event_id, channel, "sent")
-        log.info("notification_sent", channel=channel, to=to)
-        return True
-
-    def _compose(self, event: Event, delivery: Delivery) -> Outgoing:
-        try:
-            if delivery.channel == "email":
-                email = self._renderer.email(event)
-                text, subject, html = email.text, email.subject, email.html
-            else:
-                text, subject, html = self._renderer.sms(event).text, "", ""
-        except RenderError as exc:
-            raise PermanentDeliveryError(f"template failed: {exc}") from exc
-        return Outgoing(
-            channel=delivery.channel,
-            event_id=event.event_id,
-            status=event.status,
-            locale=self._renderer.locale_for(event.customer.locale),
-            address=delivery.address,
-            recipient_name=event.customer.name,
-            text=text,
-            subject=subject,
-            html=html,
+        results = await asyncio.gather(
+            *(self._courier.deliver(event, envelope, d) for d in deliveries)
         )
+        return _summarize([(d.channel, r) for d, r in zip(deliveries, results, strict=True)])
 
-    async def _send_with_retry(self, message: Outgoing, to: str) -> None:
-        sender = self._senders[message.channel]
-        for attempt in range(self._retry.attempts + 1):
-            try:
-                await sender.send(message)
-                return
-            except TransientDeliveryError as exc:
-                if attempt == self._retry.attempts:
-                    raise
-                delay = self._retry.delay(attempt + 1)
-                log.warning(
-                    "notification_retrying",
-                    channel=message.channel,
-                    to=to,
-                    attempt=attempt + 1,
-                    delay=round(delay, 3),
-                    error=str(exc),
-                )
-                await asyncio.sleep(delay)
+
+def _superseded(event: Event, shipment: ShipmentState | None) -> bool:
+    """A newer event of the shipment was accepted after this one: its news is outdated."""
+    if shipment is None:
+        return False
+    at = event.occurred_at.timestamp()
+    return shipment.occurred_at > at or (
+        shipment.occurred_at == at and shipment.status != event.status
+    )
+
+
+def _summarize(results: list[tuple[str, str]]) -> Outcome:
+    sent = tuple(c for c, r in results if r == SENT)
+    deferred = tuple(c for c, r in results if r == DEFERRED)
+    failed = tuple(c for c, r in results if r == DEAD_LETTERED)
+    stale = tuple(c for c, r in results if r == STALE)
+    if sent:
+        return Outcome("notified", sent=sent, deferred=deferred, failed=failed)
+    if deferred:
+        return Outcome("retrying", deferred=deferred, failed=failed)
+    if failed:
+        return Outcome("dead_lettered", "delivery_failed", failed=failed)
+    return Outcome("skipped", "superseded" if stale else "duplicate")
 
 
 def _log_outcome(outcome: Outcome) -> None:
+    channels = {
+        "sent": list(outcome.sent),
+        "deferred": list(outcome.deferred),
+        "failed": list(outcome.failed),
+    }
     if outcome.kind == "skipped":
         log.info(f"event_{outcome.reason}_skipped", outcome="skipped", rule=outcome.reason)
     elif outcome.kind == "notified":
-        log.info(
-            "event_notified",
-            outcome="notified",
-            sent=list(outcome.sent),
-            failed=list(outcome.failed),
-        )
+        log.info("event_notified", outcome="notified", **channels)
+    elif outcome.kind == "retrying":
+        log.warning("event_retrying", outcome="retrying", **channels)
     else:
         log.warning(
-            "event_dead_lettered",
-            outcome="dead_lettered",
-            reason=outcome.reason,
-            failed=list(outcome.failed),
+            "event_dead_lettered", outcome="dead_lettered", reason=outcome.reason, **channels
         )

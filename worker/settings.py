@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -100,6 +101,7 @@ class KafkaSettings(_Section):
     topic: str = Field("shipment-status", min_length=1, max_length=249)
     group_id: str = Field("shipment-notifier", min_length=1)
     dlq_topic: str = ""
+    retry_topic: str = ""
     client_id: str = "shipment-notifier"
     commit_interval: PositiveFloat = 1.0
     max_in_flight: PositiveInt = Field(256, validation_alias="MAX_IN_FLIGHT")
@@ -119,6 +121,10 @@ class KafkaSettings(_Section):
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def retries_topic(self) -> str:
+        return self.retry_topic or f"{self.topic}.retry"
 
 
 class LogSettings(_Section):
@@ -242,8 +248,10 @@ class AppSettings(_Section):
     shop_url: str | None = None
     shop_support_email: str | None = None
     shutdown_timeout: PositiveFloat = 25.0
-    send_retries: int = Field(3, ge=0, le=10)
+    send_retries: int = Field(2, ge=0, le=10)
     send_retry_base: PositiveFloat = 0.5
+    worker_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/\s]+$")
+    claim_lease: PositiveFloat = 120.0
 
     @field_validator("shop_url")
     @classmethod
@@ -260,6 +268,17 @@ class AppSettings(_Section):
     def _policy_parses(self) -> AppSettings:
         parse_policy(self.notify_policy)
         return self
+
+
+class RetrySettings(_Section):
+    """Retries through the retry topic, after the in-process ones (SEND_RETRIES)."""
+
+    model_config = SettingsConfigDict(env_prefix="RETRY_")
+
+    max_attempts: int = Field(8, ge=0, le=100)
+    max_age: PositiveFloat = 86400.0
+    base_delay: PositiveFloat = 30.0
+    max_delay: PositiveFloat = 3600.0
 
 
 def parse_policy(raw: str) -> dict[str, tuple[str, ...]]:
@@ -303,6 +322,7 @@ class Settings:
         sms: SmsSettings,
         dedup: DedupSettings,
         app: AppSettings,
+        retry: RetrySettings,
     ) -> None:
         self.kafka = kafka
         self.log = log
@@ -311,6 +331,7 @@ class Settings:
         self.sms = sms
         self.dedup = dedup
         self.app = app
+        self.retry = retry
 
     @property
     def dedup_url(self) -> str:
@@ -325,6 +346,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "sms": SmsSettings,
     "dedup": DedupSettings,
     "app": AppSettings,
+    "retry": RetrySettings,
 }
 
 

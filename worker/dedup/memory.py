@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from worker.dedup.store import EventRecord, ShipmentState, Snapshot
+from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot, may_take_over
 
 
 class MemoryStore:
@@ -13,6 +13,7 @@ class MemoryStore:
         self._ttl = ttl_seconds
         self._events: dict[str, tuple[float, EventRecord]] = {}
         self._shipments: dict[str, tuple[float, ShipmentState]] = {}
+        self._claims: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
         now = time.time()
@@ -30,10 +31,28 @@ class MemoryStore:
         self._events[event_id] = (expires, EventRecord(channels))
         self._shipments[shipment_id] = (expires, state)
 
+    async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        now = time.time()
+        event = self._events.get(event_id)
+        if event and channel in event[1].done:
+            return Claim(False, outcome=event[1].done[channel])
+        held = self._claims.get((event_id, channel))
+        if held and held[0] > now and not may_take_over(held[1], owner):
+            return Claim(False, holder=held[1])
+        self._claims[(event_id, channel)] = (now + lease, owner)
+        return Claim(True)
+
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
         expires, record = self._events[event_id]
         self._events[event_id] = (expires, replace(record, done={**record.done, channel: outcome}))
+        self._claims.pop((event_id, channel), None)
+
+    async def reopen(self, event_id: str, channel: str) -> None:
+        expires, record = self._events[event_id]
+        done = {c: o for c, o in record.done.items() if c != channel}
+        self._events[event_id] = (expires, replace(record, done=done))
 
     async def close(self) -> None:
         self._events.clear()
         self._shipments.clear()
+        self._claims.clear()

@@ -1,8 +1,10 @@
 """A store in Redis, shared by every worker replica of a consumer group.
 
-Keys: ``<prefix>evt:<event_id>`` (hash: ``channels`` and ``done:<channel>``) and
-``<prefix>shp:<shipment_id>`` (hash: ``status``, ``occurred_at``), each with the TTL.
-``accept`` writes both in one MULTI/EXEC transaction.
+Keys: ``<prefix>evt:<event_id>`` (hash: ``channels`` and ``done:<channel>``),
+``<prefix>shp:<shipment_id>`` (hash: ``status``, ``occurred_at``), each with the TTL, and
+``<prefix>claim:<event_id>:<channel>`` (the owner, expiring with the lease). ``accept`` writes
+in one MULTI/EXEC transaction; ``claim`` and ``mark_done`` are Lua scripts, so checking the
+outcome, the holder and taking the claim is one atomic step across replicas.
 """
 
 from __future__ import annotations
@@ -11,7 +13,29 @@ import json
 
 import redis.asyncio as aioredis
 
-from worker.dedup.store import EventRecord, ShipmentState, Snapshot
+from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot
+
+# KEYS: event hash, claim key. ARGV: channel, owner, lease ms.
+# Returns {"done", outcome} | {"busy", holder} | {"granted"}.
+_CLAIM = """
+local outcome = redis.call('HGET', KEYS[1], 'done:' .. ARGV[1])
+if outcome then return {'done', outcome} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then
+  local worker = string.match(ARGV[2], '^[^/]*')
+  if string.match(holder, '^[^/]*') ~= worker then return {'busy', holder} end
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {'granted'}
+"""
+# KEYS: event hash, claim key. ARGV: channel, outcome.
+_MARK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'done:' .. ARGV[1], ARGV[2])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
 
 
 class RedisStore:
@@ -19,6 +43,8 @@ class RedisStore:
         self._redis = client
         self._ttl = max(1, int(ttl_seconds))
         self._prefix = prefix
+        self._claim_script = client.register_script(_CLAIM)
+        self._mark_done_script = client.register_script(_MARK_DONE)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: float, prefix: str) -> RedisStore:
@@ -57,8 +83,24 @@ class RedisStore:
             pipe.expire(shipment_key, self._ttl)
             await pipe.execute()
 
+    def _claim_key(self, event_id: str, channel: str) -> str:
+        return f"{self._prefix}claim:{event_id}:{channel}"
+
+    async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        keys = [self._event_key(event_id), self._claim_key(event_id, channel)]
+        answer = await self._claim_script(keys=keys, args=[channel, owner, int(lease * 1000)])
+        if answer[0] == "done":
+            return Claim(False, outcome=answer[1])
+        if answer[0] == "busy":
+            return Claim(False, holder=answer[1])
+        return Claim(True)
+
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
-        await self._redis.hset(self._event_key(event_id), f"done:{channel}", outcome)
+        keys = [self._event_key(event_id), self._claim_key(event_id, channel)]
+        await self._mark_done_script(keys=keys, args=[channel, outcome])
+
+    async def reopen(self, event_id: str, channel: str) -> None:
+        await self._redis.hdel(self._event_key(event_id), f"done:{channel}")
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.dedup.store import EventRecord, ShipmentState, Snapshot
+from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot, may_take_over
 
 T = TypeVar("T")
 PURGE_EVERY = 3600.0
@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS shipments (
     status TEXT NOT NULL,
     occurred_at REAL NOT NULL,
     expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    event_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (event_id, channel)
 );
 CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 CREATE INDEX IF NOT EXISTS shipments_expiry ON shipments (expires_at);
@@ -100,11 +107,52 @@ class SqliteStore:
                 "UPDATE events SET done = json_set(done, '$.' || ?, ?) WHERE event_id = ?",
                 (channel, outcome, event_id),
             )
+            self._db.execute(
+                "DELETE FROM claims WHERE event_id = ? AND channel = ?", (event_id, channel)
+            )
+
+    async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        claim: Claim = await self._call(self._claim, event_id, channel, owner, lease)
+        return claim
+
+    def _claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        now = time.time()
+        with self._db:  # BEGIN IMMEDIATE: another process sharing the file waits its turn
+            self._db.execute("BEGIN IMMEDIATE")
+            done = self._db.execute(
+                "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
+                (channel, event_id),
+            ).fetchone()
+            if done and done[0]:
+                return Claim(False, outcome=done[0])
+            held = self._db.execute(
+                "SELECT owner FROM claims WHERE event_id = ? AND channel = ? AND expires_at > ?",
+                (event_id, channel, now),
+            ).fetchone()
+            if held and not may_take_over(held[0], owner):
+                return Claim(False, holder=held[0])
+            self._db.execute(
+                "INSERT OR REPLACE INTO claims (event_id, channel, owner, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (event_id, channel, owner, now + lease),
+            )
+        return Claim(True)
+
+    async def reopen(self, event_id: str, channel: str) -> None:
+        await self._call(self._reopen, event_id, channel)
+
+    def _reopen(self, event_id: str, channel: str) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE events SET done = json_remove(done, '$.' || ?) WHERE event_id = ?",
+                (channel, event_id),
+            )
 
     def _purge(self, now: float) -> None:
         with self._db:
             self._db.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
             self._db.execute("DELETE FROM shipments WHERE expires_at <= ?", (now,))
+            self._db.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
         self._purged_at = now
 
     async def close(self) -> None:

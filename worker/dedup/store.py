@@ -1,8 +1,11 @@
 """The store contract and the records it keeps.
 
-Per event: the channels it was accepted for and each channel's final outcome (``sent`` or
-``dead_lettered``), so a redelivery resumes exactly the channels that are not done. Per
-shipment: the status and time of the newest accepted event, for the ordering rules.
+Per event: the channels it was accepted for and each channel's outcome (``sent``,
+``dead_lettered``, ``deferred`` to the retry topic, or ``stale``), so a redelivery resumes
+exactly the channels that have none. Per (event, channel): a claim with a lease, taken before
+sending, so two workers never send the same notification at once; a claim left by a crashed
+worker is taken over when its lease ends, or at once by the same worker's next incarnation.
+Per shipment: the status and time of the newest accepted event, for the ordering rules.
 Entries expire after the TTL.
 """
 
@@ -21,11 +24,27 @@ class ShipmentState:
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     channels: tuple[str, ...]
-    done: dict[str, str] = field(default_factory=dict)  # channel -> sent | dead_lettered
+    done: dict[str, str] = field(default_factory=dict)  # channel -> outcome
 
     @property
     def pending(self) -> tuple[str, ...]:
         return tuple(c for c in self.channels if c not in self.done)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to a claim: granted, or the channel's outcome when it is already done, or
+    the live holder when another worker is sending it."""
+
+    granted: bool
+    outcome: str | None = None
+    holder: str | None = None
+
+
+def may_take_over(holder: str, owner: str) -> bool:
+    """Owners are ``<worker id>/<incarnation>``; a worker id runs once at a time, so a claim of
+    an older incarnation of the same worker id was left by a process that is gone."""
+    return holder.split("/", 1)[0] == owner.split("/", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +63,14 @@ class DedupStore(Protocol):
         """Remember the event as accepted for ``channels`` and make ``state`` the shipment's
         newest, in one atomic step."""
 
+    async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        """Take (or renew) the right to send ``channel`` of ``event_id`` for ``lease`` seconds."""
+
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
-        """Remember the final outcome of one channel of an accepted event."""
+        """Remember the outcome of one channel of an accepted event and drop its claim."""
+
+    async def reopen(self, event_id: str, channel: str) -> None:
+        """Forget a channel's outcome, so a replayed event sends it again."""
 
     async def close(self) -> None: ...
 

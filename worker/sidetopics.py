@@ -1,0 +1,101 @@
+"""Publishing to the side topics: the dead-letter topic (records that cannot be, or were not,
+notified) and the retry topic (notifications waiting for their next attempt).
+
+Both keep the record unchanged (same key, value and producer headers) and add headers saying
+why and where it came from (``original.*`` always names the main-topic record). A publish is
+retried until the broker has it: the record's offset is not committed before that, so a broker
+outage delays the worker instead of losing the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from worker.envelope import Envelope
+from worker.logs import get_logger
+from worker.retry import RetryState
+from worker.settings import KafkaSettings
+
+log = get_logger(__name__)
+
+MAX_ERROR_MESSAGE = 1000
+_OURS = ("error.", "original.", "retry.", "replay.")
+
+
+def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-side",
+        acks="all",
+        enable_idempotence=True,
+    )
+
+
+def origin_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
+    topic, partition, offset = envelope.origin()
+    kept = [(k, v) for k, v in envelope.headers if not k.startswith(_OURS)]
+    return [
+        *kept,
+        ("original.topic", topic.encode()),
+        ("original.partition", str(partition).encode()),
+        ("original.offset", str(offset).encode()),
+    ]
+
+
+def dead_letter_headers(
+    envelope: Envelope,
+    error_type: str,
+    message: str,
+    channel: str | None,
+    extra: list[tuple[str, bytes]] | None = None,
+) -> list[tuple[str, bytes]]:
+    reason = [
+        ("error.type", error_type.encode()),
+        ("error.message", message[:MAX_ERROR_MESSAGE].encode("utf-8", "replace")),
+    ]
+    if channel is not None:
+        reason.append(("error.channel", channel.encode()))
+    return [*origin_headers(envelope), *reason, *(extra or [])]
+
+
+class SideTopics:
+    """The dead-letter and retry publishers of one worker, sharing one idempotent producer."""
+
+    def __init__(self, producer: AIOKafkaProducer, dead_letter_topic: str, retry_topic: str):
+        self._producer = producer
+        self.dead_letter_topic = dead_letter_topic
+        self.retry_topic = retry_topic
+
+    async def publish(
+        self,
+        envelope: Envelope,
+        error_type: str,
+        message: str,
+        channel: str | None = None,
+        extra: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        headers = dead_letter_headers(envelope, error_type, message, channel, extra)
+        await self._send(self.dead_letter_topic, envelope, headers)
+
+    async def schedule(self, envelope: Envelope, state: RetryState, error: str) -> None:
+        message = ("error.message", error[:MAX_ERROR_MESSAGE].encode("utf-8", "replace"))
+        headers = [*origin_headers(envelope), *state.headers(), message]
+        await self._send(self.retry_topic, envelope, headers)
+
+    async def _send(self, topic: str, envelope: Envelope, headers: list[tuple[str, bytes]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    topic, envelope.value, key=envelope.key, headers=headers
+                )
+                return
+            except KafkaError as exc:
+                log.warning(
+                    "side_topic_publish_failed", topic=topic, error=repr(exc), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
