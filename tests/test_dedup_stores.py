@@ -133,3 +133,21 @@ async def test_a_done_channel_answers_its_outcome_and_reopen_forgets_it(
     await store.reopen("e1", "email")
     assert (await store.load("e1", "s1")).event == EventRecord(("email", "sms"), {})
     assert await store.claim("e1", "email", "worker-b/1", lease=60) == Claim(True)
+
+
+async def test_a_deferred_channel_stays_claimable_for_its_retry(open_fresh: OpenStore) -> None:
+    """A channel handed to the retry topic is not pending for redeliveries of the event, but
+    its retry can still claim it."""
+    store = await open_fresh()
+    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0))
+    await store.mark_done("e1", "sms", "deferred")
+    assert (await store.load("e1", "s1")).event.pending == ()  # type: ignore[union-attr]
+    assert await store.claim("e1", "sms", "worker-a/1", lease=60) == Claim(True)
+
+
+async def test_the_shipment_state_never_moves_back_in_time(open_fresh: OpenStore) -> None:
+    """An older event accepted after a newer one (replicas racing) leaves the newer state."""
+    store = await open_fresh()
+    await store.accept("e2", ("email",), "s1", ShipmentState("delivered", 2000.0))
+    await store.accept("e1", ("email",), "s1", ShipmentState("in_transit", 1000.0))
+    assert (await store.load("e1", "s1")).shipment == ShipmentState("delivered", 2000.0)

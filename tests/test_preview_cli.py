@@ -93,7 +93,7 @@ def test_preview_prints_a_vietnamese_sms() -> None:
     result = worker_cli("preview", "--status", "delivered", "--locale", "vi", "--channel", "sms")
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == (
-        "Cửa hàng Sen: Đơn ORD-5521 đã được giao thành công (Hà Nội). Cảm ơn bạn đã mua sắm!\n"
+        "Cửa hàng Sen: Đơn ORD-5521 đã được giao thành công tại Hà Nội. Cảm ơn bạn đã mua sắm!\n"
         "Theo dõi: https://track.example/VN123456789\n"
     )
 

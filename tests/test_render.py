@@ -93,7 +93,7 @@ def test_the_renderer_knows_the_shipped_locales(renderer: Renderer) -> None:
         ("en-GB", "Estimated delivery: Wednesday, 25 November 2026"),
         ("de", "Voraussichtliche Zustellung: Mittwoch, 25. November 2026"),
         ("de-AT", "Voraussichtliche Zustellung: Mittwoch, 25. November 2026"),
-        ("vi", "Dự kiến giao hàng: Thứ Tư, 25 tháng 11, 2026"),
+        ("vi", "Dự kiến giao hàng: Thứ Tư, ngày 25 tháng 11 năm 2026"),
         ("ko-KR", "도착 예정일: 2026년 11월 25일 수요일"),
     ],
 )
@@ -109,7 +109,7 @@ def test_the_eta_is_written_as_the_locale_writes_dates(
     [
         ("en-US", "Last update: November 21, 2026 at 8:15 AM"),
         ("de", "Letzte Aktualisierung: 21. November 2026, 08:15"),
-        ("vi", "Cập nhật lúc: 21 tháng 11, 2026, 08:15"),
+        ("vi", "Cập nhật lúc: 08:15 ngày 21/11/2026"),
         ("ko", "업데이트 일시: 2026년 11월 21일 08:15"),
     ],
 )

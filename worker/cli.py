@@ -1,5 +1,5 @@
-"""Command line: ``python -m worker run|check|preview|schema``. Thin: parses arguments, loads the
-settings, calls into the package. Exit codes: 0 ok, 1 the command found a problem, 2 bad
+"""Command line: ``python -m worker run|check|preview|schema|dlq``. Thin: parses arguments,
+loads the settings, calls into the package. Exit codes: 0 ok, 1 the command found a problem, 2 bad
 configuration or usage."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker import app, logs, preview
+from worker import app, dlq, logs, preview
 from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.render import RenderError
@@ -70,7 +71,28 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the event JSON Schema")
     schema.set_defaults(func=_schema)
+
+    dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter topic")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_commands.add_parser("list", help="dead letters grouped by reason").set_defaults(
+        func=_dlq_list
+    )
+    again = dlq_commands.add_parser("replay", help="publish dead letters to the main topic again")
+    again.add_argument("--reason", help="error.type (e.g. permanent) or type/channel")
+    again.add_argument(
+        "--since", type=_timestamp, help="only those dead-lettered at or after this time (ISO)"
+    )
+    again.add_argument("--dry-run", action="store_true", help="count, do not publish")
+    again.set_defaults(func=_dlq_replay)
     return parser
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -105,8 +127,8 @@ def _preview(settings: Settings, args: argparse.Namespace) -> int:
             data["status"] = args.status
             data.setdefault("customer", {})["locale"] = locale
             event = Event.model_validate(data)
-        except (OSError, ValueError, ValidationError) as exc:
-            print(f"--event {args.event}: {exc}", file=sys.stderr)
+        except (OSError, ValueError, TypeError, AttributeError, ValidationError) as exc:
+            print(f"--event {args.event}: not an event object: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     else:
         event = preview.sample_event(args.status, locale, minimal=args.minimal)
@@ -120,6 +142,29 @@ def _preview(settings: Settings, args: argparse.Namespace) -> int:
         print(f"(HTML part written to {args.html_out})")
     else:
         print(email.html)
+    return 0
+
+
+def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    summary = asyncio.run(dlq.summarize(settings.kafka))
+    topic = settings.kafka.dead_letter_topic
+    if not summary.total:
+        print(f"{topic}: empty")
+        return 0
+    print(
+        f"{topic}: {summary.total} dead letters, {summary.first:%Y-%m-%d %H:%M:%S} to "
+        f"{summary.last:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    for reason, count in summary.by_reason.most_common():
+        print(f"{count:8d}  {reason:32s}  e.g. {summary.examples[reason]}")
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    wanted = dlq.selector(args.reason, args.since)
+    count = asyncio.run(dlq.replay(settings.kafka, wanted, dry_run=args.dry_run))
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {count} dead letters to {settings.kafka.topic}")
     return 0
 
 

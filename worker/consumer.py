@@ -101,7 +101,7 @@ class KeyOrderedConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._drain(list(self._tasks))
-            await self._commit(list(self._marks))
+            await self._commit(self._marks)
         if self._failure is not None:
             raise ConsumerFailed(str(self._failure)) from self._failure
 
@@ -140,9 +140,10 @@ class KeyOrderedConsumer:
         if tp not in self._marks:  # revoked while this batch waited for a slot
             self._slots.release()
             return True
-        self._marks[tp].start(record.offset)
+        mark = self._marks[tp]
+        mark.start(record.offset)
         key: OrderKey = (None, record.key) if record.key is not None else (tp, None)
-        task = asyncio.create_task(self._run_in_order(record, self._tails.get(key)))
+        task = asyncio.create_task(self._run_in_order(record, self._tails.get(key), mark))
         self._tails[key] = task
         self._tasks.setdefault(tp, set()).add(task)
         task.add_done_callback(lambda t: self._forget(tp, key, t))
@@ -161,7 +162,9 @@ class KeyOrderedConsumer:
         acquire.cancel()
         return False
 
-    async def _run_in_order(self, record: Record, previous: asyncio.Task[None] | None) -> None:
+    async def _run_in_order(
+        self, record: Record, previous: asyncio.Task[None] | None, mark: Watermark
+    ) -> None:
         try:
             if previous is not None:
                 # an abandoned (cancelled) predecessor will be redelivered; this one need not
@@ -170,9 +173,7 @@ class KeyOrderedConsumer:
             if self._failure is not None:
                 return
             await self._handler(record)
-            mark = self._marks.get(TopicPartition(record.topic, record.partition))
-            if mark is not None:
-                mark.finish(record.offset)
+            mark.finish(record.offset)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -209,18 +210,14 @@ class KeyOrderedConsumer:
     async def _commit_periodically(self) -> None:
         while True:
             await asyncio.sleep(self._commit_interval)
-            await self._commit(list(self._marks))
+            await self._commit(self._marks)
 
-    async def _commit(self, partitions: list[TopicPartition]) -> None:
-        offsets = {}
-        for tp in partitions:
-            mark = self._marks.get(tp)
-            if (
-                mark
-                and mark.committable is not None
-                and mark.committable != self._committed.get(tp)
-            ):
-                offsets[tp] = mark.committable
+    async def _commit(self, marks: dict[TopicPartition, Watermark]) -> None:
+        offsets = {
+            tp: mark.committable
+            for tp, mark in list(marks.items())
+            if mark.committable is not None and mark.committable != self._committed.get(tp)
+        }
         if not offsets:
             return
         try:
@@ -236,20 +233,23 @@ class KeyOrderedConsumer:
         )
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._drain(list(revoked))
-        await self._commit(list(revoked))
+        """Stop starting records of ``revoked`` at once (the fetch loop checks ``_marks``),
+        let their in-flight work finish within the drain timeout, commit what finished."""
+        revoking = {tp: self._marks.pop(tp) for tp in revoked if tp in self._marks}
         for tp in revoked:
             resume = self._resumes.pop(tp, None)
             if resume is not None:
                 resume.cancel()
-            self._marks.pop(tp, None)
+        await self._drain(list(revoked))
+        await self._commit(revoking)
+        for tp in revoked:
             self._committed.pop(tp, None)
             self._tasks.pop(tp, None)
         log.info("partitions_revoked", partitions=sorted(_names(revoked)))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
-            self._marks.setdefault(tp, Watermark())
+            self._marks[tp] = Watermark()  # fetching restarts at the committed offset
         log.info("partitions_assigned", partitions=sorted(_names(assigned)))
 
 

@@ -4,6 +4,7 @@ and the maskers that keep personal data out of both."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -24,6 +25,7 @@ def configure(settings: LogSettings) -> None:
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        redact_contacts,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -53,13 +55,29 @@ def configure(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # aiokafka is chatty at INFO (every rebalance step); its warnings still get through
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # aiokafka is chatty at INFO (every rebalance step); httpx logs every request's full URL
+    # at INFO (a webhook URL may carry a token); their warnings still get through
+    for noisy in ("aiokafka", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> Logger:
     logger: Logger = structlog.stdlib.get_logger(name)
     return logger
+
+
+_EMAIL_IN_TEXT = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_PHONE_IN_TEXT = re.compile(r"\+\d{7,15}\b")
+
+
+def redact_contacts(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: email addresses and E.164 numbers inside any string value
+    (an SMTP server's reply often quotes the recipient) are masked before rendering."""
+    for key, value in event.items():
+        if isinstance(value, str) and ("@" in value or "+" in value):
+            value = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), value)
+            event[key] = _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), value)
+    return event
 
 
 def mask_email(address: str) -> str:

@@ -143,6 +143,12 @@ class Pipeline:
             return Outcome("skipped", "superseded")
         log.info("event_resumed", channels=list(pending))
         deliveries = [d for d in self._plan(event, log_skips=False) if d.channel in pending]
+        unplanned = tuple(c for c in pending if c not in {d.channel for d in deliveries})
+        for channel in unplanned:  # the policy or the configured channels changed since
+            await self._store.mark_done(event.event_id, channel, STALE)
+            log.info("notification_skipped", channel=channel, reason="no_longer_planned")
+        if not deliveries:
+            return Outcome("skipped", "no_channel")
         return await self._deliver(event, envelope, deliveries)
 
     async def _retry(self, event: Event, envelope: Envelope, state: retry.RetryState) -> Outcome:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 
 import phonenumbers
 
@@ -63,12 +65,23 @@ def _contact(event: Event, channel: str) -> Delivery | Skip:
         email = event.customer.email
         if not email:
             return Skip(channel, "no_contact")
-        return Delivery(channel, email) if _EMAIL.match(email) else Skip(channel, "invalid_email")
+        return Delivery(channel, email) if usable_email(email) else Skip(channel, "invalid_email")
     phone = event.customer.phone
     if not phone:
         return Skip(channel, "no_contact")
     number = normalize_phone(phone, event.customer.locale)
     return Delivery(channel, number) if number else Skip(channel, "invalid_phone")
+
+
+def usable_email(address: str) -> bool:
+    """A plain ``local@domain`` that the email package will also accept as a header."""
+    if not _EMAIL.match(address):
+        return False
+    try:
+        Address(addr_spec=address)
+    except (ValueError, IndexError, HeaderParseError):
+        return False
+    return True
 
 
 def normalize_phone(raw: str, locale: str | None) -> str | None:

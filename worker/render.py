@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class Renderer:
             lstrip_blocks=True,
             auto_reload=False,
         )
+        if not templates_dir.is_dir():
+            raise RenderError(f"TEMPLATES_DIR {templates_dir} is not a directory")
         self.locales = frozenset(
             p.name for p in templates_dir.iterdir() if p.is_dir() and (p / "email").is_dir()
         )
@@ -106,7 +108,7 @@ class Renderer:
                 url=shop.url or self._default_shop.url,
                 support_email=shop.support_email or self._default_shop.support_email,
             ),
-            "eta": format_date(eta, format="full", locale=formats) if eta else None,
+            "eta": _format_day(eta, formats) if eta else None,
             "occurred_at": _format_moment(event.occurred_at, formats),
         }
 
@@ -125,17 +127,29 @@ def _babel_locale(requested: str | None, template_locale: str) -> Locale:
     return fallback
 
 
-# how each language joins a long date and a clock time: "November 21, 2026 at 6:15 PM",
-# "21. November 2026, 18:15", "2026년 11월 21일 18:15"
-_MOMENT = {"en": (" at ", "h:mm a"), "ko": (" ", "HH:mm")}
-_DEFAULT_MOMENT = (", ", "HH:mm")
+# Babel's CLDR patterns, except where people write dates differently in messages:
+# Vietnamese "Thứ Hai, ngày 23 tháng 11 năm 2026"
+_DAY = {"vi": "EEEE, 'ngày' d 'tháng' M 'năm' y"}
+# an event's time: (day pattern, joiner, clock pattern, clock first): "November 21, 2026 at
+# 6:15 PM", "21. November 2026, 18:15", "2026년 11월 21일 18:15", "08:15 ngày 21/11/2026"
+_MOMENT = {
+    "en": ("long", " at ", "h:mm a", False),
+    "ko": ("long", " ", "HH:mm", False),
+    "vi": ("dd/MM/y", " ngày ", "HH:mm", True),
+}
+_DEFAULT_MOMENT = ("long", ", ", "HH:mm", False)
+
+
+def _format_day(day: date, locale: Locale) -> str:
+    return format_date(day, _DAY.get(locale.language, "full"), locale=locale)
 
 
 def _format_moment(at: datetime, locale: Locale) -> str:
     """The producer's local time of an event, as people of ``locale`` write it."""
-    joiner, clock = _MOMENT.get(locale.language, _DEFAULT_MOMENT)
-    day = format_date(at.date(), format="long", locale=locale)
-    return f"{day}{joiner}{format_time(at.timetz(), clock, locale=locale)}"
+    day_pattern, joiner, clock_pattern, clock_first = _MOMENT.get(locale.language, _DEFAULT_MOMENT)
+    day = format_date(at.date(), day_pattern, locale=locale)
+    clock = format_time(at.timetz(), clock_pattern, locale=locale)
+    return f"{clock}{joiner}{day}" if clock_first else f"{day}{joiner}{clock}"
 
 
 def _one_line(text: str) -> str:

@@ -51,3 +51,18 @@ async def _create(
         if code not in (0, TopicAlreadyExistsError.errno):
             raise KafkaError(f"creating {name} failed with error code {code}")
     log.info("side_topics_created", topics=topics, partitions=partitions, replicas=replicas)
+
+
+async def partitions_of(settings: KafkaSettings, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (empty when it does not exist)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-admin"
+    )
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return []
+        described = await admin.describe_topics([topic])
+        return sorted(p["partition"] for p in described[0]["partitions"])
+    finally:
+        await admin.close()

@@ -31,7 +31,7 @@ class _HttpSender:
             raise TransientDeliveryError(f"SMS provider unreachable: {exc!r}") from exc
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientDeliveryError(f"SMS provider answered {response.status_code}")
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:  # a redirect is not an accepted SMS either
             raise PermanentDeliveryError(
                 f"SMS provider refused with {response.status_code}{_provider_code(response)}"
             )

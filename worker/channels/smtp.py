@@ -92,13 +92,18 @@ class SmtpSender:
             if all(500 <= c < 600 for c in codes):
                 raise PermanentDeliveryError(error) from exc
             raise TransientDeliveryError(error) from exc
-        except aiosmtplib.SMTPAuthenticationError as exc:
+        except (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused) as exc:
+            # our credentials or sender address: wrong for every message until fixed, so
+            # retried (and visible) rather than dead-lettered one by one
             _close(client)
-            raise TransientDeliveryError(f"SMTP authentication failed: {exc.code}") from exc
-        except aiosmtplib.SMTPResponseException as exc:
+            raise TransientDeliveryError(f"SMTP refused us: {exc.code} {exc.message}") from exc
+        except aiosmtplib.SMTPDataError as exc:  # the server refused this message's content
             _close(client)
             if 500 <= exc.code < 600:
                 raise PermanentDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
+            raise TransientDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            _close(client)
             raise TransientDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             _close(client)

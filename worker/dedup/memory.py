@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot, may_take_over
+from worker.dedup.store import (
+    CLAIMABLE_OUTCOMES,
+    Claim,
+    EventRecord,
+    ShipmentState,
+    Snapshot,
+    may_take_over,
+)
 
 
 class MemoryStore:
@@ -29,13 +36,16 @@ class MemoryStore:
     ) -> None:
         expires = time.time() + self._ttl
         self._events[event_id] = (expires, EventRecord(channels))
-        self._shipments[shipment_id] = (expires, state)
+        known = self._shipments.get(shipment_id)
+        if known is None or known[0] <= time.time() or known[1].occurred_at <= state.occurred_at:
+            self._shipments[shipment_id] = (expires, state)  # only forward in time
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         now = time.time()
         event = self._events.get(event_id)
-        if event and channel in event[1].done:
-            return Claim(False, outcome=event[1].done[channel])
+        outcome = event[1].done.get(channel) if event else None
+        if outcome is not None and outcome not in CLAIMABLE_OUTCOMES:
+            return Claim(False, outcome=outcome)
         held = self._claims.get((event_id, channel))
         if held and held[0] > now and not may_take_over(held[1], owner):
             return Claim(False, holder=held[1])

@@ -3,8 +3,9 @@
 Keys: ``<prefix>evt:<event_id>`` (hash: ``channels`` and ``done:<channel>``),
 ``<prefix>shp:<shipment_id>`` (hash: ``status``, ``occurred_at``), each with the TTL, and
 ``<prefix>claim:<event_id>:<channel>`` (the owner, expiring with the lease). ``accept`` writes
-in one MULTI/EXEC transaction; ``claim`` and ``mark_done`` are Lua scripts, so checking the
-outcome, the holder and taking the claim is one atomic step across replicas.
+``accept``, ``claim`` and ``mark_done`` are Lua scripts, so each check-and-write (the
+shipment state only moving forward; the outcome, the holder and the claim) is one atomic step
+across replicas.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot
 # Returns {"done", outcome} | {"busy", holder} | {"granted"}.
 _CLAIM = """
 local outcome = redis.call('HGET', KEYS[1], 'done:' .. ARGV[1])
-if outcome then return {'done', outcome} end
+if outcome and outcome ~= 'deferred' then return {'done', outcome} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then
   local worker = string.match(ARGV[2], '^[^/]*')
@@ -27,6 +28,19 @@ if holder and holder ~= ARGV[2] then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return {'granted'}
+"""
+# KEYS: event hash, shipment hash. ARGV: channels JSON, status, occurred_at, ttl seconds.
+# The shipment's state only moves forward in time, whatever order replicas write in.
+_ACCEPT = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'channels', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local newest = redis.call('HGET', KEYS[2], 'occurred_at')
+if (not newest) or tonumber(newest) <= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'occurred_at', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return 1
 """
 # KEYS: event hash, claim key. ARGV: channel, outcome.
 _MARK_DONE = """
@@ -43,6 +57,7 @@ class RedisStore:
         self._redis = client
         self._ttl = max(1, int(ttl_seconds))
         self._prefix = prefix
+        self._accept_script = client.register_script(_ACCEPT)
         self._claim_script = client.register_script(_CLAIM)
         self._mark_done_script = client.register_script(_MARK_DONE)
 
@@ -71,17 +86,14 @@ class RedisStore:
     async def accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
-        event_key, shipment_key = self._event_key(event_id), self._shipment_key(shipment_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(event_key)
-            pipe.hset(event_key, mapping={"channels": json.dumps(list(channels))})
-            pipe.expire(event_key, self._ttl)
-            pipe.hset(
-                shipment_key,
-                mapping={"status": state.status, "occurred_at": repr(state.occurred_at)},
-            )
-            pipe.expire(shipment_key, self._ttl)
-            await pipe.execute()
+        keys = [self._event_key(event_id), self._shipment_key(shipment_id)]
+        args: list[str | int] = [
+            json.dumps(list(channels)),
+            state.status,
+            repr(state.occurred_at),
+            self._ttl,
+        ]
+        await self._accept_script(keys=keys, args=args)
 
     def _claim_key(self, event_id: str, channel: str) -> str:
         return f"{self._prefix}claim:{event_id}:{channel}"

@@ -15,7 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot, may_take_over
+from worker.dedup.store import (
+    CLAIMABLE_OUTCOMES,
+    Claim,
+    EventRecord,
+    ShipmentState,
+    Snapshot,
+    may_take_over,
+)
 
 T = TypeVar("T")
 PURGE_EVERY = 3600.0
@@ -85,17 +92,22 @@ class SqliteStore:
     def _accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
-        expires = time.time() + self._ttl
+        now = time.time()
+        expires = now + self._ttl
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO events (event_id, channels, done, expires_at)"
                 " VALUES (?, ?, '{}', ?)",
                 (event_id, json.dumps(list(channels)), expires),
             )
-            self._db.execute(
-                "INSERT OR REPLACE INTO shipments (shipment_id, status, occurred_at, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (shipment_id, state.status, state.occurred_at, expires),
+            self._db.execute(  # the state only moves forward in time
+                "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (shipment_id) DO UPDATE SET"
+                " status = excluded.status, occurred_at = excluded.occurred_at,"
+                " expires_at = excluded.expires_at"
+                " WHERE excluded.occurred_at >= shipments.occurred_at"
+                " OR shipments.expires_at <= ?",
+                (shipment_id, state.status, state.occurred_at, expires, now),
             )
 
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
@@ -123,7 +135,7 @@ class SqliteStore:
                 "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
                 (channel, event_id),
             ).fetchone()
-            if done and done[0]:
+            if done and done[0] and done[0] not in CLAIMABLE_OUTCOMES:
                 return Claim(False, outcome=done[0])
             held = self._db.execute(
                 "SELECT owner FROM claims WHERE event_id = ? AND channel = ? AND expires_at > ?",

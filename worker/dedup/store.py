@@ -41,6 +41,10 @@ class Claim:
     holder: str | None = None
 
 
+# an outcome that still leaves the channel to be sent (by its retry record)
+CLAIMABLE_OUTCOMES = frozenset({"deferred"})
+
+
 def may_take_over(holder: str, owner: str) -> bool:
     """Owners are ``<worker id>/<incarnation>``; a worker id runs once at a time, so a claim of
     an older incarnation of the same worker id was left by a process that is gone."""
@@ -61,7 +65,7 @@ class DedupStore(Protocol):
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
         """Remember the event as accepted for ``channels`` and make ``state`` the shipment's
-        newest, in one atomic step."""
+        newest unless a newer one is already stored, in one atomic step."""
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         """Take (or renew) the right to send ``channel`` of ``event_id`` for ``lease`` seconds."""

@@ -1,0 +1,142 @@
+"""Dead-letter tooling for operators: what is in the dead-letter topic, and putting it back.
+
+``list`` reads the whole topic (no consumer group, nothing committed) and groups the records
+by reason. ``replay`` publishes the selected records to the main topic again, unchanged but for
+a ``replay.from`` header; the worker then resends exactly the channels that were
+dead-lettered, so replaying the same records twice notifies once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from worker.envelope import REPLAYED_FROM
+from worker.settings import KafkaSettings
+from worker.topics import partitions_of
+
+_OURS = ("error.", "original.", "retry.", "replay.")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    timestamp: datetime
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str:
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value.decode("utf-8", "replace")
+        return ""
+
+    @property
+    def reason(self) -> str:
+        channel = self.header("error.channel")
+        kind = self.header("error.type") or "unknown"
+        return f"{kind}/{channel}" if channel else kind
+
+
+async def read_all(settings: KafkaSettings) -> AsyncIterator[DeadLetter]:
+    """Every record of the dead-letter topic as it is now, oldest first per partition."""
+    topic = settings.dead_letter_topic
+    tps = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
+    if not tps:
+        return
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.offset < ends[tp]:
+                        yield _dead_letter(record)
+    finally:
+        await consumer.stop()
+
+
+def _dead_letter(record: Any) -> DeadLetter:
+    return DeadLetter(
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+        key=record.key,
+        value=record.value,
+        headers=tuple(record.headers),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    total: int
+    by_reason: Counter[str]
+    first: datetime | None
+    last: datetime | None
+    examples: dict[str, str]  # reason -> one error message
+
+
+async def summarize(settings: KafkaSettings) -> Summary:
+    by_reason: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    first = last = None
+    async for letter in read_all(settings):
+        by_reason[letter.reason] += 1
+        examples.setdefault(letter.reason, letter.header("error.message")[:200])
+        first = min(first or letter.timestamp, letter.timestamp)
+        last = max(last or letter.timestamp, letter.timestamp)
+    return Summary(sum(by_reason.values()), by_reason, first, last, examples)
+
+
+def selector(reason: str | None, since: datetime | None) -> Callable[[DeadLetter], bool]:
+    """``reason`` matches ``error.type`` or ``error.type/channel``."""
+
+    def wanted(letter: DeadLetter) -> bool:
+        if reason and reason not in (letter.reason, letter.header("error.type")):
+            return False
+        return since is None or letter.timestamp >= since
+
+    return wanted
+
+
+async def replay(
+    settings: KafkaSettings, wanted: Callable[[DeadLetter], bool], *, dry_run: bool = False
+) -> int:
+    """Publish the wanted dead letters to the main topic; return how many."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    count = 0
+    try:
+        async for letter in read_all(settings):
+            if not wanted(letter):
+                continue
+            count += 1
+            if not dry_run:
+                await producer.send(
+                    settings.topic, letter.value, key=letter.key, headers=_replay_headers(letter)
+                )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+def _replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    kept = [(k, v) for k, v in letter.headers if not k.startswith(_OURS)]
+    source = f"{letter.partition}:{letter.offset}".encode()
+    return [*kept, (REPLAYED_FROM, source), ("replay.reason", letter.reason.encode())]
