@@ -97,6 +97,7 @@ class SmtpSink:
         self.faults = Faults()
         self.messages: list[ReceivedMail] = []
         self.connections = 0  # SMTP sessions that said EHLO
+        self._running = False
         self._on_mail = on_mail
         self._lock = threading.Lock()
         self._controller = Controller(
@@ -118,10 +119,13 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         self._controller.start()
+        self._running = True
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._running:  # a test may stop it early to refuse connections
+            self._controller.stop()
+            self._running = False
 
     async def wait_for(self, count: int, timeout: float = 30.0) -> list[ReceivedMail]:
         """Until ``count`` messages arrived (the worker runs in the same loop: never block)."""
@@ -151,7 +155,7 @@ class SmsSink:
         self.requests: list[ReceivedSms] = []
         self.rejected = 0
         self._on_sms = on_sms
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _sms_handler(self))
+        self._server = _Server(("127.0.0.1", port), _sms_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -177,8 +181,15 @@ class SmsSink:
         return list(self.requests)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default 5 resets connections under a burst of SMS
+    daemon_threads = True
+
+
 def _sms_handler(sink: SmsSink) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real SMS APIs allow
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if sink.faults.delay:

@@ -103,6 +103,10 @@ class KafkaSettings(_Section):
     dlq_topic: str = ""
     retry_topic: str = ""
     client_id: str = "shipment-notifier"
+    # static membership (KIP-345): a restarted replica with the same id gets its partitions
+    # back without a rebalance; set it to the pod name of a StatefulSet, leave it unset else
+    group_instance_id: str | None = None
+    session_timeout_ms: int = Field(10000, ge=1000, le=1800000)
     commit_interval: PositiveFloat = 1.0
     max_in_flight: PositiveInt = Field(256, validation_alias="MAX_IN_FLIGHT")
 
