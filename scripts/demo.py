@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,12 +27,29 @@ TOPIC = "shipment-status"
 GROUP = "shipment-notifier-demo"
 
 
-def start_kafka(state: Path) -> str:
+def stop_kafka(state: Path) -> None:
     subprocess.run(
         [str(ROOT / "scripts" / "kafka"), "stop", "--state-dir", str(state)],
         check=False,
         capture_output=True,
     )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_ports(*ports: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(listening(p) for p in ports):
+        if time.monotonic() > deadline:
+            sys.exit(f"the SMTP/SMS catchers did not listen on {ports} within {timeout}s")
+        time.sleep(0.1)
+
+
+def start_kafka(state: Path) -> str:
+    stop_kafka(state)
     started = subprocess.run(
         [str(ROOT / "scripts" / "kafka"), "start", "--state-dir", str(state)],
         capture_output=True,
@@ -82,7 +100,7 @@ def worker_env(bootstrap: str, out: Path, smtp_port: int, sms_port: int) -> dict
     }
 
 
-def summarize(out: Path, log: Path) -> None:
+def summarize(out: Path, log: Path) -> tuple[int, int]:
     emails = sorted((out / "email").glob("*.eml"))
     sms = sorted((out / "sms").glob("*.json"))
     outcomes: dict[str, int] = {}
@@ -100,6 +118,7 @@ def summarize(out: Path, log: Path) -> None:
         print(f"  {name}: {count}")
     if sms:
         print(f"\nfor example, {sms[0].name}: {json.loads(sms[0].read_text())['body']}")
+    return len(emails), len(sms)
 
 
 def main() -> None:
@@ -110,9 +129,13 @@ def main() -> None:
     parser.add_argument("--sms-port", type=int, default=8025)
     args = parser.parse_args()
     out: Path = args.out.resolve()
+    kafka_state = out / "kafka"
+    stop_kafka(kafka_state)  # a broker left by an interrupted run, before its folder goes
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    kafka_state = out / "kafka"
+    for port in (args.smtp_port, args.sms_port):
+        if listening(port):
+            sys.exit(f"port {port} is taken; pass --smtp-port/--sms-port with free ones")
 
     print("starting Kafka ...", flush=True)
     bootstrap = start_kafka(kafka_state)
@@ -130,6 +153,7 @@ def main() -> None:
         ],
         cwd=ROOT,
     )
+    wait_for_ports(args.smtp_port, args.sms_port)
     worker = None
     log = out / "worker.log"
     try:
@@ -158,19 +182,18 @@ def main() -> None:
             done = wait_until_committed(bootstrap, records, timeout=120)
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(30)
-        summarize(out, log)
-        if not done or code != 0:
-            sys.exit(f"demo failed: all committed={done}, worker exit code={code}")
+        emails, texts = summarize(out, log)
+        if not done or code != 0 or not emails:
+            sys.exit(
+                f"demo failed: all committed={done}, worker exit code={code}, "
+                f"{emails} emails, {texts} SMS"
+            )
     finally:
         if worker and worker.poll() is None:
             worker.kill()
         sinks.terminate()
         sinks.wait(10)
-        subprocess.run(
-            [str(ROOT / "scripts" / "kafka"), "stop", "--state-dir", str(kafka_state)],
-            check=False,
-            capture_output=True,
-        )
+        stop_kafka(kafka_state)
 
 
 if __name__ == "__main__":

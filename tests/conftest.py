@@ -272,3 +272,12 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float =
                 return
         time.sleep(0.05)
     pytest.fail(f"redis-server did not listen on {port} within {timeout}s", pytrace=False)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which real services this run uses, so a log shows the broker tests were real."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    version = os.environ.get("KAFKA_VERSION", "the launcher's default (4.x)")
+    kafka = f"the broker at {given}" if given else f"a broker started by scripts/kafka, {version}"
+    redis = os.environ.get("REDIS_URL") or f"redis-server from {shutil.which('redis-server')}"
+    return [f"real services: Kafka: {kafka}; Redis: {redis}; SMTP: aiosmtpd; SMS: http.server"]

@@ -240,16 +240,23 @@ def _serve(out: Path, smtp_port: int, sms_port: int) -> None:
     (out / "email").mkdir(parents=True, exist_ok=True)
     (out / "sms").mkdir(parents=True, exist_ok=True)
 
+    lock = threading.Lock()
+    counts = {"email": 0, "sms": 0}
+
+    def next_name(kind: str) -> str:
+        with lock:  # SMS arrive on several threads at once
+            counts[kind] += 1
+            return f"{counts[kind]:04d}"
+
     def save_mail(mail: ReceivedMail) -> None:
-        n = len(list((out / "email").glob("*.eml"))) + 1
-        (out / "email" / f"{n:04d}.eml").write_bytes(mail.raw)
+        name = next_name("email")
+        (out / "email" / f"{name}.eml").write_bytes(mail.raw)
         html = mail.message.get_body(("html",))
         if html is not None:
-            (out / "email" / f"{n:04d}.html").write_text(html.get_content(), encoding="utf-8")
+            (out / "email" / f"{name}.html").write_text(html.get_content(), encoding="utf-8")
 
     def save_sms(sms: ReceivedSms) -> None:
-        n = len(list((out / "sms").glob("*.json"))) + 1
-        (out / "sms" / f"{n:04d}.json").write_text(
+        (out / "sms" / f"{next_name('sms')}.json").write_text(
             json.dumps(sms.json, ensure_ascii=False, indent=2), encoding="utf-8"
         )
 

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -21,6 +22,7 @@ from structlog.testing import capture_logs
 from tests.conftest import SMS_SID, MakeTopic, Produce, committed_offsets, read_topic
 from tests.factories import event, record
 from tests.sinks import SmsSink, SmtpSink
+from worker.dedup import ShipmentState, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 Env = Callable[..., dict[str, str]]
@@ -265,22 +267,78 @@ async def test_offset_is_committed_only_after_the_notification_is_sent(
     run_worker: Any,
     smtp_sink: SmtpSink,
 ) -> None:
-    """While the SMTP server holds the message, the record's offset stays uncommitted; once
-    the server accepts it, the offset is committed."""
+    """While the SMTP server holds the message, the record's offset stays uncommitted (the
+    invalid record before it is committed, so the group's offsets are readable); once the
+    server accepts it, the offset is committed."""
     topic = await new_topic(partitions=1)
     env = worker_env(topic, SMS_PROVIDER="disabled")
-    await produce(topic, [record(event("e1", "shipped"))])
+    await produce(topic, [(b"x", b"not json"), record(event("e1", "shipped"))])
     smtp_sink.faults.delay = 2.0
     async with run_worker(env):
+        await wait_committed(kafka_bootstrap, env, {0: 1})
         async with asyncio.timeout(30):
             while smtp_sink.connections == 0:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # five commit intervals while the message is held
         held = await committed_offsets(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic)
         assert smtp_sink.messages == []
-        assert held.get(0, -1) < 1
+        assert held == {0: 1}
         await smtp_sink.wait_for(1)
-        await wait_committed(kafka_bootstrap, env, {0: 1})
+        await wait_committed(kafka_bootstrap, env, {0: 2})
+
+
+async def test_a_redelivered_event_sends_only_the_channels_not_yet_done(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Env,
+    run_worker: Any,
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+) -> None:
+    """A worker died after the email of an event was sent and recorded but before its SMS: the
+    redelivered event sends the SMS only."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic)
+    store = open_store(env["DEDUP_URL"], 3600)
+    state = ShipmentState("shipped", datetime(2026, 11, 21, 8, 15, tzinfo=UTC).timestamp())
+    await store.accept("e1", ("email", "sms"), "SHP-1", state)
+    await store.mark_done("e1", "email", "sent")
+    await store.close()
+    await produce(topic, [record(event("e1", "shipped"))])
+    with capture_logs() as logs:
+        async with run_worker(env):
+            await wait_committed(kafka_bootstrap, env, {0: 1})
+    assert smtp_sink.messages == []
+    assert len(sms_sink.requests) == 1
+    assert [e["channels"] for e in events_named(logs, "event_resumed")] == [["sms"]]
+
+
+async def test_an_sms_refused_with_4xx_is_dead_lettered_without_retrying(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Env,
+    run_worker: Any,
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+) -> None:
+    """HTTP 400 from the SMS API is permanent: one request, a dead letter for the SMS with the
+    provider's code, the email still sent."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic)
+    sms_sink.faults.count, sms_sink.faults.reply = 1, 400
+    await produce(topic, [record(event("e1", "shipped"))])
+    with capture_logs() as logs:
+        async with run_worker(env):
+            (dead,) = await read_topic(kafka_bootstrap, f"{topic}.dlq", 1)
+            await wait_committed(kafka_bootstrap, env, {0: 1})
+    headers = dict(dead.headers)
+    assert (headers["error.type"], headers["error.channel"]) == (b"permanent", b"sms")
+    assert headers["error.message"] == b"SMS provider refused with 400 (provider code 20003)"
+    assert sms_sink.rejected == 1
+    assert len(smtp_sink.messages) == 1
+    assert events_named(logs, "notification_retrying") == []
 
 
 async def test_malformed_records_go_to_the_dead_letter_topic_and_the_worker_goes_on(
