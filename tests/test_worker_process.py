@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.conftest import MakeTopic, Produce, committed_offsets
 from tests.factories import event, record
+from tests.processes import WorkerProcess
 from tests.sinks import SmsSink, SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,69 @@ async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_comm
     assert tail[-1] == "worker_stopped"
     committed = await committed_offsets(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic)
     assert sum(committed.values()) == 3
+
+
+async def _start_and_hold(
+    produce: Produce, topic: str, env: dict[str, str], smtp_sink: SmtpSink, log: Path
+) -> WorkerProcess:
+    """A worker process whose only email is being held by the SMTP server right now."""
+    await produce(topic, [record(event("e1", "shipped"))])
+    worker = WorkerProcess(env, log).start()
+    async with asyncio.timeout(60):
+        while smtp_sink.connections == 0:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the message is in DATA, held by the server's delay
+    assert smtp_sink.messages == []
+    return worker
+
+
+async def test_sigterm_lets_in_flight_sends_finish_and_commits_them(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Callable[..., dict[str, str]],
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while an email is in flight: the worker waits for it, commits its offset and
+    exits 0, so nothing is redelivered."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic, SMS_PROVIDER="disabled", SHUTDOWN_TIMEOUT="20")
+    smtp_sink.faults.delay = 2.0
+    worker = await _start_and_hold(produce, topic, env, smtp_sink, tmp_path / "w.log")
+    assert await worker.terminate() == 0
+    assert len(smtp_sink.messages) == 1
+    assert await committed_offsets(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic) == {0: 1}
+    assert worker.named("in_flight_abandoned") == []
+
+
+async def test_work_still_running_at_shutdown_timeout_is_abandoned_uncommitted(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Callable[..., dict[str, str]],
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM with SHUTDOWN_TIMEOUT=1 while the SMTP server takes 5 s: the worker gives up on
+    the send after a second, exits 0 without committing it, and the next worker sends it
+    again."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic, SMS_PROVIDER="disabled", SHUTDOWN_TIMEOUT="1")
+    smtp_sink.faults.delay = 5.0
+    worker = await _start_and_hold(produce, topic, env, smtp_sink, tmp_path / "w.log")
+    assert await worker.terminate(timeout=15) == 0
+    assert await committed_offsets(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic) == {}
+    assert [e["records"] for e in worker.named("in_flight_abandoned")] == [1]
+
+    smtp_sink.faults.delay = 0.0
+    successor = WorkerProcess(env, tmp_path / "w2.log").start()
+    async with asyncio.timeout(60):
+        while await committed_offsets(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic) != {0: 1}:
+            await asyncio.sleep(0.2)
+    assert await successor.terminate() == 0
+    # the abandoned send had handed its whole message to the server, which (like real servers,
+    # RFC 1047) kept it although the client left before the reply: the successor, unable to
+    # know, sends it again under the same Message-ID, which mailbox providers collapse
+    first, second = (m.message["Message-ID"] for m in smtp_sink.messages)
+    assert first == second
