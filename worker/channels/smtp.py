@@ -1,39 +1,27 @@
 """Email over SMTP with aiosmtplib: a small pool of reused connections.
 
 Each connection sends one message at a time; ``pool_size`` of them send concurrently. A
-connection that fails is closed and reopened on its next use. Headers are built with the
-standard library's ``email`` package, which encodes non-ASCII subjects and display names per
-RFC 2047 and refuses CR/LF in header values; event fields reach headers only after being
-folded to one line.
+connection that fails is closed and reopened on its next use. The message bytes come from
+``mime.MimeBuilder`` (RFC 2047 headers, CR/LF refused in header values; event fields reach
+headers only after being folded to one line).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
 
-from worker.channels import (
-    Outgoing,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    idempotency_key,
-)
+from worker.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from worker.channels.mime import MimeBuilder, WireMessage
 from worker.settings import EmailSettings, SmtpSecurity, SmtpSettings
 
 
 class SmtpSender:
     def __init__(self, smtp: SmtpSettings, email: EmailSettings) -> None:
         self._settings = smtp
-        self._from = email.from_
-        self._reply_to = email.reply_to
-        self._domain = parseaddr(email.from_)[1].rpartition("@")[2]
+        self.mime = MimeBuilder(email.from_, email.reply_to)
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         for _ in range(smtp.pool_size):
             self._idle.put_nowait(self._client())
@@ -53,24 +41,10 @@ class SmtpSender:
             password=s.password.get_secret_value() if s.password else None,
         )
 
-    def build(self, message: Outgoing) -> EmailMessage:
-        mail = EmailMessage(policy=SMTP)
-        mail["From"] = self._from
-        mail["To"] = Address(display_name=message.recipient_name or "", addr_spec=message.address)
-        if self._reply_to:
-            mail["Reply-To"] = self._reply_to
-        mail["Subject"] = message.subject
-        mail["Date"] = format_datetime(datetime.now(UTC))
-        mail["Message-ID"] = f"<{idempotency_key(message.event_id, 'email')}@{self._domain}>"
-        mail.set_content(message.text, cte="quoted-printable")
-        mail.add_alternative(message.html, subtype="html", cte="quoted-printable")
-        mail["Content-Language"] = message.locale  # after set_content, which drops Content-*
-        return mail
-
     async def send(self, message: Outgoing) -> None:
         try:
-            mail = self.build(message)
-        except (ValueError, TypeError) as exc:  # e.g. an address the email package rejects
+            mail = self.mime.build(message)
+        except ValueError as exc:  # an address or header value we refuse to put on the wire
             raise PermanentDeliveryError(f"message cannot be built: {exc}") from exc
         client = await self._idle.get()
         try:
@@ -78,11 +52,11 @@ class SmtpSender:
         finally:
             self._idle.put_nowait(client)
 
-    async def _send(self, client: aiosmtplib.SMTP, mail: EmailMessage) -> None:
+    async def _send(self, client: aiosmtplib.SMTP, mail: WireMessage) -> None:
         try:
             if not client.is_connected:
                 await client.connect()
-            await client.send_message(mail)
+            await client.sendmail(mail.sender, list(mail.recipients), mail.data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             _close(client)  # a fresh session next time rather than trusting this one's state
             codes = [r.code for r in exc.recipients]
