@@ -36,6 +36,15 @@ MakeTopic = Callable[..., Awaitable[str]]
 Produce = Callable[..., Awaitable[None]]
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_worker_processes() -> Iterator[None]:
+    """A test that fails half-way must not leave worker processes running."""
+    yield
+    from tests.processes import WorkerProcess
+
+    WorkerProcess.kill_leftovers()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a running broker: the given one, or one started for this session."""

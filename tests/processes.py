@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -25,12 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
-    """``python -m worker run`` with JSON logs appended to ``log``."""
+    """``python -m worker run`` with JSON logs appended to ``log``. Every instance is killed
+    at the end of its test if still alive (``tests/conftest.py``), also when the test fails."""
+
+    started: ClassVar[list[WorkerProcess]] = []
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = {**os.environ, **env, "LOG_FORMAT": "json"}
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        WorkerProcess.started.append(self)
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        for worker in cls.started:
+            if worker.alive():
+                worker.kill()
+        cls.started.clear()
 
     def start(self) -> WorkerProcess:
         with self.log.open("ab") as out:
