@@ -9,6 +9,7 @@ Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -115,6 +116,7 @@ class Renderer:
         }
 
 
+@functools.lru_cache(maxsize=256)
 def _babel_locale(requested: str | None, template_locale: str) -> Locale:
     """Dates follow the customer's full tag when it is in the template's language (en-US and
     en-GB differ); otherwise the template's language, so the words around a date match it."""
