@@ -13,7 +13,7 @@ import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     Field,
@@ -24,21 +24,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-CHANNELS = ("email", "sms")
-STATUSES = (
-    "order_confirmed",
-    "processing",
-    "shipped",
-    "in_transit",
-    "out_for_delivery",
-    "delivered",
-    "delayed",
-    "delivery_failed",
-    "available_for_pickup",
-    "returned",
-    "cancelled",
-    "exception",
-)
+from worker.events import Channel, Status
+
+CHANNELS: tuple[str, ...] = get_args(Channel)
+STATUSES: tuple[str, ...] = get_args(Status)
 SMS_STATUSES = (
     "shipped",
     "out_for_delivery",
