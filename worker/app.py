@@ -60,7 +60,13 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
     senders: dict[str, Sender] = {"email": SmtpSender(settings.smtp, settings.email)}
     sms = settings.sms
     if sms.provider is not SmsProvider.DISABLED:
-        client = httpx.AsyncClient(timeout=httpx.Timeout(sms.timeout), follow_redirects=False)
+        # waiting for one of the pool's connections is not the provider failing: no pool
+        # timeout (MAX_IN_FLIGHT bounds the waiters), SMS_TIMEOUT for connect/read/write
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(sms.timeout, pool=None),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
         if sms.provider is SmsProvider.TWILIO:
             assert sms.account_sid and sms.auth_token and sms.from_  # checked by the settings
             senders["sms"] = TwilioSender(
