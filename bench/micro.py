@@ -1,0 +1,255 @@
+"""Micro benchmarks of the worker's per-notification steps and of the proposed replacements,
+in one process without I/O (``python -m bench.micro`` prints JSON: microseconds per call).
+
+They give clean per-step costs where the end-to-end profile mixes in sampling overhead and
+the other processes on the machine; each replacement is measured on the same sample events
+(every locale) as the code it would replace, and the hand-built email is checked to parse
+back to the same subject, recipient and bodies as the ``EmailMessage`` one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import functools
+import io
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import redirect_stderr
+from pathlib import Path
+from typing import Any
+
+from bench.events import EventFactory
+from bench.fastmime import MimeBuilder
+from bench.legacy_email import build_email_message
+from bench.prototype import patch_fastlog
+from worker import logs, render
+from worker.app import build_renderer
+from worker.channels import Outgoing
+from worker.channels.smtp import SmtpSender
+from worker.events import Event, decode
+from worker.policy import plan
+from worker.settings import DEFAULT_POLICY, load_settings
+
+
+def per_call_us(fn: Callable[[], object], seconds: float = 0.5) -> float:
+    """Mean wall time of ``fn()`` in microseconds over about ``seconds``."""
+    fn()
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def _cycle(items: list[Any]) -> Callable[[], Any]:
+    state = {"i": 0}
+
+    def take() -> Any:
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return take
+
+
+def _samples() -> tuple[list[bytes], list[Event]]:
+    factory = EventFactory("micro", seed=7)
+    records = [value for _, value in factory.batch(0, 200)[0]]
+    events = [e for e in map(decode, records) if isinstance(e, Event)]
+    return records, [e for e in events if DEFAULT_POLICY[e.status][:1] == ("email",)]
+
+
+def _outgoing(renderer: render.Renderer, event: Event) -> Outgoing:
+    mail = renderer.email(event)
+    assert event.customer.email
+    return Outgoing(
+        "email",
+        event.event_id,
+        event.status,
+        renderer.locale_for(event.customer.locale),
+        event.customer.email,
+        event.customer.name,
+        mail.text,
+        mail.subject,
+        mail.html,
+    )
+
+
+def check_same_email(reference: bytes, other: bytes) -> None:
+    """``other`` reads back like the ``EmailMessage`` reference."""
+    a, b = (email.message_from_bytes(m, policy=email.policy.default) for m in (reference, other))
+    for header in ("Subject", "To", "From", "Message-ID", "Content-Language"):
+        assert str(a[header]) == str(b[header]), (header, a[header], b[header])
+    for kind in ("plain", "html"):
+        pa, pb = a.get_body((kind,)), b.get_body((kind,))  # type: ignore[attr-defined]
+        assert pa.get_content() == pb.get_content(), kind
+
+
+def wire_bytes(sender: SmtpSender, message: Outgoing) -> bytes:
+    """The bytes the worker's SMTP sender puts on the wire for ``message``, whichever way it
+    builds them (its own ``mime`` builder, or ``build`` returning an ``EmailMessage``)."""
+    builder: Any = getattr(sender, "mime", None)
+    if builder is not None:
+        return bytes(builder.build(message).data)
+    from aiosmtplib.email import flatten_message
+
+    return bytes(flatten_message(sender.build(message)))  # type: ignore[attr-defined]
+
+
+def email_costs(
+    renderer: render.Renderer, sender: SmtpSender, events: list[Event]
+) -> dict[str, float]:
+    from aiosmtplib.email import flatten_message
+
+    outgoing = [_outgoing(renderer, e) for e in events]
+    from_, reply_to = sender_addresses()
+
+    def reference(message: Outgoing) -> Any:
+        return build_email_message(from_, reply_to, message)
+
+    prototype = MimeBuilder(from_, reply_to)
+    for message in outgoing[:20]:
+        check_same_email(flatten_message(reference(message)), prototype.build(message).data)
+    next_message, next_mail = _cycle(outgoing), _cycle([reference(m) for m in outgoing])
+    return {
+        "EmailMessage build (reference)": per_call_us(lambda: reference(next_message())),
+        "EmailMessage flatten (aiosmtplib)": per_call_us(lambda: flatten_message(next_mail())),
+        "worker's current message build (to bytes)": per_call_us(
+            lambda: wire_bytes(sender, next_message())
+        ),
+        "bench/fastmime.py hand-built MIME": per_call_us(lambda: prototype.build(next_message())),
+    }
+
+
+def sender_addresses() -> tuple[str, str | None]:
+    settings = load_settings()
+    return settings.email.from_, settings.email.reply_to
+
+
+def render_costs(renderer: render.Renderer, events: list[Event]) -> dict[str, float]:
+    next_event = _cycle(events)
+    costs = {
+        "render email (jinja2 + babel)": per_call_us(lambda: renderer.email(next_event())),
+        "render SMS": per_call_us(lambda: renderer.sms(next_event())),
+    }
+    original = render._babel_locale
+    render._babel_locale = functools.lru_cache(maxsize=256)(original)  # type: ignore[attr-defined]
+    try:
+        costs["proposed: render email, Babel Locale cached"] = per_call_us(
+            lambda: renderer.email(next_event())
+        )
+    finally:
+        render._babel_locale = original  # type: ignore[attr-defined]
+    return costs
+
+
+def decode_costs(records: list[bytes], events: list[Event]) -> dict[str, float]:
+    next_record, next_event = _cycle(records), _cycle(events)
+    channels = frozenset({"email", "sms"})
+    return {
+        "decode (json + pydantic)": per_call_us(lambda: decode(next_record())),
+        "plan (policy + phonenumbers)": per_call_us(
+            lambda: plan(next_event(), DEFAULT_POLICY, channels)
+        ),
+    }
+
+
+def log_costs(settings: Any) -> dict[str, float]:
+    """One INFO line with the pipeline's usual context, to a throw-away stream."""
+    import structlog
+
+    def one_line() -> None:
+        structlog.contextvars.bind_contextvars(topic="t", partition=0, offset=1, event_id="e")
+        logs.get_logger("bench").info("notification_sent", channel="email", to="c***@mail.example")
+
+    costs = {}
+    with redirect_stderr(io.StringIO()) as sink:
+        logs.configure(settings.log)
+        costs["one log line (structlog via stdlib logging)"] = per_call_us(one_line)
+        sink.truncate(0)
+        patch_fastlog()
+        logs.configure(settings.log)
+        costs["proposed: one log line (structlog JSON straight to stderr)"] = per_call_us(one_line)
+    return costs
+
+
+def import_costs() -> dict[str, float]:
+    """httpcore runs ``import sniffio`` for its locks on every request; without sniffio
+    installed each one is a failed import that searches sys.path."""
+
+    def failed_import() -> None:
+        with contextlib.suppress(ImportError):
+            import sniffio  # noqa: F401
+
+    if "sniffio" in sys.modules:
+        return {}
+    return {"failed `import sniffio` (httpcore, several per SMS)": per_call_us(failed_import)}
+
+
+def store_costs() -> dict[str, float]:
+    """The SQLite store's pattern (a hop to its thread per call, a commit per write) against
+    writes batched into one transaction; each on a fresh database."""
+    costs = {
+        "SQLite write + commit (one per call, as the store does)": _sqlite_us(1),
+        "proposed: SQLite writes batched 100 per commit (per write)": _sqlite_us(100),
+        "run_in_executor round trip (per store call)": asyncio.run(_hop_us()),
+    }
+    return costs
+
+
+def _sqlite_us(batch: int, writes: int = 20000) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(Path(tmp) / "d.sqlite3", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE e (id TEXT PRIMARY KEY, v TEXT)")
+        db.isolation_level = "DEFERRED"
+        started = time.perf_counter()
+        for start in range(0, writes, batch):
+            with db:
+                db.executemany(
+                    "INSERT INTO e VALUES (?, ?)",
+                    [(f"ev-{i}", "{}") for i in range(start, start + batch)],
+                )
+        elapsed = time.perf_counter() - started
+        db.close()
+    return elapsed / writes * 1e6
+
+
+async def _hop_us(calls: int = 3000) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.perf_counter()
+        for _ in range(calls):
+            await loop.run_in_executor(pool, int)
+        return (time.perf_counter() - started) / calls * 1e6
+
+
+def run_all() -> dict[str, float]:
+    settings = load_settings()
+    renderer = build_renderer(settings)
+    sender = SmtpSender(settings.smtp, settings.email)
+    records, events = _samples()
+    costs: dict[str, float] = {}
+    costs.update(decode_costs(records, events))
+    costs.update(render_costs(renderer, events))
+    costs.update(email_costs(renderer, sender, events))
+    costs.update(log_costs(settings))
+    costs.update(import_costs())
+    costs.update(store_costs())
+    return {name: round(us, 1) for name, us in costs.items()}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("SMS_PROVIDER", "disabled")
+    json.dump(run_all(), sys.stdout, indent=1, ensure_ascii=False)
+    print()
