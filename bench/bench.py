@@ -25,7 +25,9 @@ and measures:
    dedup store growth included): peak, and whether the second half of the run still grows.
 6. **profile**: py-spy on the worker while it sends: loop-thread time per notification and
    step; **micro**: the same steps timed in isolation with the proposed replacements; and
-   **prototype**: (1) with those replacements patched in (``bench/prototype.py``).
+   **prototype**: (1) with those replacements patched in (``bench/prototype.py``), each as a
+   ratio to an unpatched control run made just before (the worker under test keeps changing,
+   and so does the machine's load).
 
 Results: a table on stdout, ``bench/results/latest.json`` and ``bench/results/bench.png``.
 Every process it starts is stopped at the end, also on failure or Ctrl-C; exit status 1 when
@@ -78,13 +80,16 @@ class Sizes:
     latency_rate: float
     memory_events: int
     profile_events: int
+    prototype_events: int
     partitions: int
     prototypes: tuple[str, ...]
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
     if args.smoke:
-        return Sizes(300, 100, 300, args.latency_rate, 300, 300, args.partitions, (ALL_PATCHES,))
+        return Sizes(
+            300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions, (ALL_PATCHES,)
+        )
     return Sizes(
         events=args.events,
         naive_records=min(args.events, args.naive_records),
@@ -92,8 +97,9 @@ def sizes(args: argparse.Namespace) -> Sizes:
         latency_rate=args.latency_rate,
         memory_events=args.memory_events,
         profile_events=min(args.events, args.profile_events),
+        prototype_events=min(args.events, args.prototype_events),
         partitions=args.partitions,
-        prototypes=("sniffio,locale_cache", ALL_PATCHES),
+        prototypes=("fastlog", "uvloop", ALL_PATCHES),
     )
 
 
@@ -278,12 +284,14 @@ class Bench:
         return found
 
     def prototypes(self) -> dict[str, Any]:
+        """An unpatched control run first, then each set of patches, back to back: the worker
+        and the machine's load change over a long run, the ratios should not."""
         found = {}
-        for patches in self.sizes.prototypes:
-            run = self._worker(f"prototype-{patches.replace(',', '+')}", self.sizes.events,
-                               self.fast, module="bench.prototype",
+        for patches in ("", *self.sizes.prototypes):
+            run = self._worker(f"prototype-{patches.replace(',', '+') or 'control'}",
+                               self.sizes.prototype_events, self.fast, module="bench.prototype",
                                extra_env={"BENCH_PATCHES": patches})  # fmt: skip
-            found[patches] = run.as_json()
+            found[patches or "control"] = run.as_json()
         return found
 
 
@@ -346,6 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-events", type=int, default=1_000_000, help="events for (5)")
     p.add_argument("--naive-records", type=int, default=2_000, help="records for the naive one")
     p.add_argument("--profile-events", type=int, default=10_000)
+    p.add_argument("--prototype-events", type=int, default=20_000, help="per prototype run")
     p.add_argument("--latency-rate", type=float, default=200.0, help="events/s for (4)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--latency-low-rate", type=float, default=50.0, help="second rate; 0: none")
@@ -358,6 +367,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "prototypes", help="comma-separated subset to run")  # fmt: skip
     p.add_argument("--part-timeout", type=float, default=0, help="seconds (default: by size)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
+    p.add_argument("--name", help="results: bench/results/NAME.json (default: latest, or smoke)")
     return p.parse_args(argv)
 
 
@@ -377,6 +387,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.name = args.name or ("smoke" if args.smoke else "latest")  # a smoke run keeps latest.json
     started = time.monotonic()
     load = os.getloadavg()
     if load[0] > 0.5:
@@ -397,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = report.build(args, bench.sizes, bench.results, bench.failures, elapsed, load)
-    (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False))
     print(report.table(data))
     with contextlib.suppress(Exception):  # a plot must not hide the figures
-        report.plot(data, RESULTS / "bench.png")
+        report.plot(data, RESULTS / ("bench.png" if args.name == "latest" else f"{args.name}.png"))
     if bench.failures or args.keep_workdir:
         print(f"logs kept in {workdir}", file=sys.stderr)
     else:

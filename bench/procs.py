@@ -209,6 +209,15 @@ def wait_for_port(
     raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current RSS, peak RSS) of ``pid`` in MB, from /proc; (0, 0) once it is gone."""
     try:

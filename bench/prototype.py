@@ -26,6 +26,14 @@ from typing import Any, TextIO
 import structlog
 
 
+def replace(owner: Any, name: str, value: Any) -> None:
+    """Swap one attribute (or mapping entry) of the worker or a library for the prototype's."""
+    if isinstance(owner, dict):
+        owner[name] = value
+    else:
+        setattr(owner, name, value)
+
+
 def patch_mime() -> None:
     import aiosmtplib
 
@@ -47,18 +55,18 @@ def patch_mime() -> None:
             return await self.sendmail(message.sender, [message.recipient], message.data)
         return await original_send(self, message, **kwargs)
 
-    SmtpSender.build = build  # type: ignore[method-assign,assignment]
-    aiosmtplib.SMTP.send_message = send_message  # type: ignore[method-assign,assignment]
+    replace(SmtpSender, "build", build)
+    replace(aiosmtplib.SMTP, "send_message", send_message)
 
 
 def patch_sniffio() -> None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]  # `import sniffio` fails at once
+    replace(sys.modules, "sniffio", None)  # `import sniffio` then fails at once
 
 
 def patch_locale_cache() -> None:
     from worker import render
 
-    render._babel_locale = functools.lru_cache(maxsize=256)(render._babel_locale)  # type: ignore[attr-defined]
+    replace(render, "_babel_locale", functools.lru_cache(maxsize=256)(render._babel_locale))
 
 
 class _NamedWriteLogger(structlog.WriteLogger):

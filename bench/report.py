@@ -108,8 +108,9 @@ def build(
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
-        "worker_revision": _revision(),
+        "worker_revisions": sorted(_revisions(results)),
         "mode": "smoke" if args.smoke else "full",
+        "name": args.name,
         "sizes": sizes.__dict__,
         "tuning": {
             "fast": {"MAX_IN_FLIGHT": args.max_in_flight, "SMTP_POOL_SIZE": args.pool_size},
@@ -125,18 +126,12 @@ def build(
     }
 
 
-def _revision() -> str:
-    """The commit the measured worker is at, and whether worker/ had local changes."""
-    import subprocess
-
-    from bench.procs import ROOT
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    dirty = " (+ local changes in worker/)" if git("status", "--porcelain", "worker") else ""
-    return git("rev-parse", "--short", "HEAD") + dirty
+def _revisions(results: Any) -> set[str]:
+    """Every worker revision a run measured (the worker may change during a long run)."""
+    if isinstance(results, dict):
+        found = {results["revision"]} if isinstance(results.get("revision"), str) else set()
+        return found.union(*(_revisions(v) for v in results.values()))
+    return set()
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -154,12 +149,13 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"figure": name, "value": value, "unit": unit, "target": target,
                      "ratio": ratio, "ok": ok})  # fmt: skip
 
-    emails = e2e.get("emails_per_s")
+    emails = e2e.get("emails_per_s", 0.0)
     if e2e:
         row("1 end-to-end", e2e["notifications_per_s"], "notifications/s")
         row("1 end-to-end, email", emails, "emails/s", f">= {TARGET_EMAILS_PER_S}",
             ok=emails >= TARGET_EMAILS_PER_S)  # fmt: skip
         row("1 worker start-up", e2e["startup_s"], "s")
+        row("1 worker CPU while sending", e2e.get("cpu_busy", 0.0), "cores of 2")
     for key, unit, mine in (
         ("kafka", "records/s", e2e.get("records_per_s")),
         ("aiosmtplib", "emails/s", emails),
@@ -201,11 +197,15 @@ def _later_rows(results: dict[str, Any], row: Any, e2e: dict[str, Any]) -> None:
         )
         verdict = {True: "flat", False: "GROWING", None: "run too short to tell"}[mem["flat"]]
         row("5 RSS growth, 2nd half", mem["second_half_growth_mb"], "MB", verdict)
-    for patches, run in (results.get("prototypes") or {}).items():
+    prototypes = dict(results.get("prototypes") or {})
+    control = prototypes.pop("control", None)
+    if control:
+        row("prototype control (unpatched)", control["emails_per_s"], "emails/s")
+    for patches, run in prototypes.items():
         value = run["emails_per_s"]
         label = "all patches" if patches.count(",") >= 3 else patches
-        row(f"prototype [{label}], email", value, "emails/s", "ratio = prototype / (1)",
-            _ratio(value, e2e.get("emails_per_s")))  # fmt: skip
+        row(f"prototype [{label}], email", value, "emails/s", "ratio = / control",
+            _ratio(value, (control or e2e).get("emails_per_s")))  # fmt: skip
 
 
 def table(data: dict[str, Any]) -> str:
@@ -231,8 +231,13 @@ def table(data: dict[str, Any]) -> str:
         lines.extend(f"  {us:>8,.1f}  {name}" for name, us in micro.items())
     for name, error in data["failures"].items():
         lines.append(f"FAILED {name}: {error}")
+    machine = data["machine"]
     lines.append(
-        f"\n{data['mode']} run in {data['seconds']:.0f} s; JSON in bench/results/latest.json"
+        f"\nworker revision(s) {', '.join(data['worker_revisions'])}; load average before/after "
+        f"{machine['loadavg_before'][0]}/{machine['loadavg_after'][0]} on {machine['cpus']} CPUs"
+    )
+    lines.append(
+        f"{data['mode']} run in {data['seconds']:.0f} s; JSON in bench/results/{data['name']}.json"
     )
     return "\n".join(lines)
 
@@ -269,37 +274,44 @@ def _throughput_axis(ax: Any, results: dict[str, Any]) -> None:
         if key in base:
             bars.append((label, base[key]["rate"]))
     for patches, run in (results.get("prototypes") or {}).items():
-        label = "prototype\nall" if "," in patches else f"prototype\n{patches}"
+        label = "prototype\nall" if patches.count(",") >= 3 else f"prototype\n{patches}"
         bars.append((label, run["emails_per_s"]))
     if not bars:
         return
-    labels, values = zip(*bars, strict=True)
-    ax.bar(labels, values, color="#4477aa")
-    ax.set_yscale("log")
-    ax.axhline(TARGET_EMAILS_PER_S, color="#cc3311", linestyle="--", label="target 2,000/s")
-    ax.set_ylabel("emails/s (naive: notifications/s), log scale")
+    labels, values = zip(*[(label.replace("\n", " "), v) for label, v in bars], strict=True)
+    ax.barh(labels, values, color="#4477aa")
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(TARGET_EMAILS_PER_S, color="#cc3311", linestyle="--", label="target 2,000/s")
+    ax.set_xlabel("emails/s (naive worker: notifications/s), log scale")
     ax.set_title("throughput")
-    ax.tick_params(axis="x", labelsize=8)
-    ax.legend()
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(loc="lower right")
 
 
 def _latency_axis(ax: Any, latency: dict[str, Any] | None) -> None:
     ax.set_title("publish -> SMTP accept latency")
     if not latency:
         return
-    ax.hist(latency["histogram_ms"], bins=60, color="#228833", label=f"at {latency['rate']:g}/s")
-    if low := latency.get("low_rate"):
-        ax.hist(low["histogram_ms"], bins=60, color="#66ccee", alpha=0.8,
-                label=f"at {low['rate']:g}/s: p99 {low['p99_ms']} ms")  # fmt: skip
+    import numpy as np
+
+    values = [max(v, 1.0) for v in latency["histogram_ms"]]
+    low = latency.get("low_rate")
+    top = max(values + ([max(low["histogram_ms"])] if low else []))
+    bins = np.logspace(0, np.log10(max(top, 10)) + 0.05, 60)
+    ax.hist(values, bins=bins, color="#228833", label=f"at {latency['rate']:g}/s")
+    if low:
+        ax.hist([max(v, 1.0) for v in low["histogram_ms"]], bins=bins, color="#66ccee",
+                alpha=0.8, label=f"at {low['rate']:g}/s: p99 {low['p99_ms']} ms")  # fmt: skip
     for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
         ax.axvline(
             latency[key], color="black", linestyle=style, label=f"{key[:3]} {latency[key]} ms"
         )
     ax.axvline(TARGET_P99_MS, color="#cc3311", label=f"target p99 {TARGET_P99_MS} ms")
-    ax.set_xlabel("ms from publish to SMTP accept")
-    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("ms from publish to SMTP accept, log scale")
+    ax.set_xscale("log")
     ax.set_ylabel("emails")
-    ax.legend()
+    ax.legend(fontsize=8)
 
 
 def _memory_axis(ax: Any, memory: dict[str, Any] | None) -> None:

@@ -9,6 +9,7 @@ commits) and its JSON log is scanned for the outcome of every record.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.events import Expected
-from bench.procs import PYTHON, BenchError, rss_mb, spawn, stop
+from bench.procs import PYTHON, ROOT, BenchError, cpu_seconds, rss_mb, spawn, stop
 
 Counts = Callable[[], tuple[int, int]]  # (emails, sms) accepted by the sinks so far
 
@@ -74,8 +75,10 @@ class WorkerRun:
     startup_s: float = 0.0  # spawn -> first notification accepted
     sending_s: float = 0.0  # first -> last notification accepted
     peak_rss_mb: float = 0.0
+    cpu_busy: float = 0.0  # worker CPU seconds per second while sending (1.0 = one full core)
     outcomes: dict[str, int] = field(default_factory=dict)
     exit_code: int | None = None
+    revision: str = ""  # the worker's commit when this run started (it changes under us)
     samples: list[Sample] = field(default_factory=list)
 
     @property
@@ -162,7 +165,7 @@ def run_worker(
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "worker.log"
     base_emails, base_sms = counts()
-    run = WorkerRun(name, tuning, expected)
+    run = WorkerRun(name, tuning, expected, revision=revision())
     with open(log_path, "wb") as log:
         process = spawn(
             [PYTHON, "-m", module, "run"],
@@ -189,6 +192,17 @@ def run_worker(
     return run
 
 
+def revision() -> str:
+    """The commit ``worker/`` is at, and whether it has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    dirty = "+local-changes" if git("status", "--porcelain", "worker") else ""
+    return git("rev-parse", "--short", "HEAD") + dirty
+
+
 def _delta(counts: Counts, base_emails: int, base_sms: int) -> tuple[int, int]:
     emails, sms = counts()
     return emails - base_emails, sms - base_sms
@@ -206,6 +220,7 @@ def _follow(
     """Poll until every notification is accepted; fill the run's timings and samples."""
     started = time.monotonic()
     first: tuple[float, int] | None = None
+    cpu_at_first = 0.0
     next_sample = 0.0
     progress = Progress(run.name, run.expected.notifications)
     while True:
@@ -220,12 +235,14 @@ def _follow(
             progress(done, rss)
         if first is None and done > 0:
             first = (now, done)
+            cpu_at_first = cpu_seconds(pid)
             run.startup_s = now
             if profiler is not None:
                 profiler.attach(pid)
         if run.emails >= run.expected.emails and run.sms >= run.expected.sms:
             assert first is not None
             run.sending_s = now - first[0]
+            run.cpu_busy = (cpu_seconds(pid) - cpu_at_first) / max(run.sending_s, 1e-9)
             if run.sending_s > 0:  # the first sample already saw `first[1]` of them
                 run.sending_s *= done / max(done - first[1], 1)
             run.samples.append(Sample(now, done, rss))
