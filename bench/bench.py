@@ -69,7 +69,7 @@ from bench.profiling import PySpy, analyse
 from bench.worker_run import Counts, Target, Tuning, WorkerRun, run_worker
 
 RESULTS = ROOT / "bench" / "results"
-ALL_PATCHES = "mime,sniffio,locale_cache,fastlog,uvloop"
+ALL_PATCHES = "sniffio,locale_cache,fastlog,uvloop"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 the proposed changes patched in at start-up, to measure their end-to-end gain without
 touching ``worker/``. ``BENCH_PATCHES`` (comma-separated) picks them:
 
-- ``mime``: build the email bytes by hand (``bench/fastmime.py``) and send them with
-  ``SMTP.sendmail`` instead of ``EmailMessage`` + ``send_message``;
 - ``sniffio``: make httpcore's per-request ``import sniffio`` fail fast (the venv has no
   sniffio, so every SMS pays several failed imports that scan ``sys.path``);
 - ``locale_cache``: memoise the Babel ``Locale`` parsed for every render;
@@ -32,31 +30,6 @@ def replace(owner: Any, name: str, value: Any) -> None:
         owner[name] = value
     else:
         setattr(owner, name, value)
-
-
-def patch_mime() -> None:
-    import aiosmtplib
-
-    from bench.fastmime import MimeBuilder, Prebuilt
-    from worker.channels.smtp import SmtpSender
-
-    if not hasattr(SmtpSender, "build"):
-        raise AttributeError("SmtpSender.build is gone: the worker builds MIME itself already")
-    original_send = aiosmtplib.SMTP.send_message
-
-    def build(self: Any, message: Any) -> Any:
-        builder = self.__dict__.get("_bench_mime")
-        if builder is None:
-            builder = self.__dict__["_bench_mime"] = MimeBuilder(self._from, self._reply_to)
-        return builder.build(message)
-
-    async def send_message(self: Any, message: Any, /, **kwargs: Any) -> Any:
-        if isinstance(message, Prebuilt):
-            return await self.sendmail(message.sender, [message.recipient], message.data)
-        return await original_send(self, message, **kwargs)
-
-    replace(SmtpSender, "build", build)
-    replace(aiosmtplib.SMTP, "send_message", send_message)
 
 
 def patch_sniffio() -> None:
@@ -108,7 +81,6 @@ def patch_uvloop() -> None:
 
 
 PATCHES: dict[str, Callable[[], None]] = {
-    "mime": patch_mime,
     "sniffio": patch_sniffio,
     "locale_cache": patch_locale_cache,
     "fastlog": patch_fastlog,
