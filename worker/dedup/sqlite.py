@@ -14,7 +14,6 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, TypeVar
 
 from worker.dedup.store import (
     CLAIMABLE_OUTCOMES,
@@ -25,7 +24,6 @@ from worker.dedup.store import (
     may_take_over,
 )
 
-T = TypeVar("T")
 PURGE_EVERY = 3600.0
 
 _SCHEMA = """
@@ -60,12 +58,8 @@ class SqliteStore:
         self._purged_at = 0.0
         self._closed = False
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)  # on the loop's thread: see the module docstring
-
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
-        snapshot: Snapshot = await self._call(self._load, event_id, shipment_id)
-        return snapshot
+        return self._load(event_id, shipment_id)
 
     def _load(self, event_id: str, shipment_id: str) -> Snapshot:
         now = time.time()
@@ -87,7 +81,7 @@ class SqliteStore:
     async def accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
-        await self._call(self._accept, event_id, channels, shipment_id, state)
+        self._accept(event_id, channels, shipment_id, state)
 
     def _accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
@@ -111,7 +105,7 @@ class SqliteStore:
             )
 
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
-        await self._call(self._mark_done, event_id, channel, outcome)
+        self._mark_done(event_id, channel, outcome)
 
     def _mark_done(self, event_id: str, channel: str, outcome: str) -> None:
         with self._db:
@@ -124,8 +118,7 @@ class SqliteStore:
             )
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
-        claim: Claim = await self._call(self._claim, event_id, channel, owner, lease)
-        return claim
+        return self._claim(event_id, channel, owner, lease)
 
     def _claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         now = time.time()
@@ -151,7 +144,7 @@ class SqliteStore:
         return Claim(True)
 
     async def reopen(self, event_id: str, channel: str) -> None:
-        await self._call(self._reopen, event_id, channel)
+        self._reopen(event_id, channel)
 
     def _reopen(self, event_id: str, channel: str) -> None:
         with self._db:
