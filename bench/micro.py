@@ -10,7 +10,6 @@ back to the same subject, recipient and bodies as the ``EmailMessage`` one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import email.policy
 import functools
@@ -18,6 +17,7 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -180,17 +180,58 @@ def log_costs(settings: Any) -> dict[str, float]:
     return costs
 
 
-def import_costs() -> dict[str, float]:
-    """httpcore runs ``import sniffio`` for its locks on every request; without sniffio
-    installed each one is a failed import that searches sys.path."""
+def http_client_costs(requests: int = 3000, in_flight: int = 64) -> dict[str, float]:
+    """CPU per SMS request of httpx (the worker's client until b48eb7e) and of aiohttp (its
+    client since), ``in_flight`` requests at once on one pool, against the bench SMS sink in
+    its own process (so its CPU is not counted)."""
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "bench.sinks"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert sink.stdout is not None
+        url = f"http://127.0.0.1:{sink.stdout.readline().split('http=')[1].strip()}/sms"
+        return asyncio.run(_http_costs(url, requests, in_flight))
+    finally:
+        sink.terminate()
+        sink.wait()
 
-    def failed_import() -> None:
-        with contextlib.suppress(ImportError):
-            import sniffio  # noqa: F401
 
-    if "sniffio" in sys.modules:
-        return {}
-    return {"failed `import sniffio` (httpcore, several per SMS)": per_call_us(failed_import)}
+async def _http_costs(url: str, requests: int, in_flight: int) -> dict[str, float]:
+    import aiohttp
+    import httpx
+
+    body = json.dumps({"to": "+84901234567", "body": "Đơn hàng đang được giao. " * 3}).encode()
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "k" * 40}
+    costs: dict[str, float] = {}
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as client:
+
+        async def with_httpx() -> None:
+            response = await client.post(url, content=body, headers=headers)
+            assert response.status_code == 201
+
+        costs["SMS request, httpx (before)"] = await _cpu_us(with_httpx, requests, in_flight)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+
+        async def with_aiohttp() -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                assert response.status == 201
+
+        costs["SMS request, aiohttp (now)"] = await _cpu_us(with_aiohttp, requests, in_flight)
+    return costs
+
+
+async def _cpu_us(post: Callable[[], Any], requests: int, in_flight: int) -> float:
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with slots:
+            await post()
+
+    await asyncio.gather(*(one() for _ in range(in_flight)))  # connections opened
+    started = time.process_time()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    return (time.process_time() - started) / requests * 1e6
 
 
 def store_costs() -> dict[str, float]:
@@ -244,7 +285,7 @@ def run_all() -> dict[str, float]:
     costs.update(render_costs(renderer, events))
     costs.update(email_costs(renderer, sender, events))
     costs.update(log_costs(settings))
-    costs.update(import_costs())
+    costs.update(http_client_costs())
     costs.update(store_costs())
     return {name: round(us, 1) for name, us in costs.items()}
 

@@ -154,6 +154,7 @@ class SmsSink:
         self.faults = Faults()
         self.requests: list[ReceivedSms] = []
         self.rejected = 0
+        self.connections = 0
         self._on_sms = on_sms
         self._server = _Server(("127.0.0.1", port), _sms_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -189,6 +190,11 @@ class _Server(ThreadingHTTPServer):
 def _sms_handler(sink: SmsSink) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real SMS APIs allow
+
+        def setup(self) -> None:
+            super().setup()
+            with sink.faults.lock:
+                sink.connections += 1
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

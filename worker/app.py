@@ -9,11 +9,10 @@ import signal
 import uuid
 from contextlib import AsyncExitStack
 
-import httpx
 import structlog
 
 from worker.channels import Sender
-from worker.channels.sms import TwilioSender, WebhookSender
+from worker.channels.sms import TwilioSender, WebhookSender, http_session
 from worker.channels.smtp import SmtpSender
 from worker.consumer import KeyOrderedConsumer, Record, build_consumer
 from worker.dedup import DedupStore, open_store
@@ -60,13 +59,7 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
     senders: dict[str, Sender] = {"email": SmtpSender(settings.smtp, settings.email)}
     sms = settings.sms
     if sms.provider is not SmsProvider.DISABLED:
-        # waiting for one of the pool's connections is not the provider failing: no pool
-        # timeout (MAX_IN_FLIGHT bounds the waiters), SMS_TIMEOUT for connect/read/write
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(sms.timeout, pool=None),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
-            follow_redirects=False,
-        )
+        client = http_session(sms.timeout)
         if sms.provider is SmsProvider.TWILIO:
             assert sms.account_sid and sms.auth_token and sms.from_  # checked by the settings
             senders["sms"] = TwilioSender(

@@ -55,9 +55,9 @@ def configure(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # aiokafka is chatty at INFO (every rebalance step); httpx logs every request's full URL
-    # at INFO (a webhook URL may carry a token); their warnings still get through
-    for noisy in ("aiokafka", "httpx", "httpcore"):
+    # aiokafka is chatty at INFO (every rebalance step); the HTTP client's loggers only at
+    # WARNING, in case a library debug line would print a webhook URL carrying a token
+    for noisy in ("aiokafka", "aiohttp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -1,15 +1,20 @@
-"""SMS through an HTTP provider with a shared ``httpx.AsyncClient``.
+"""SMS through an HTTP provider, over one shared ``aiohttp.ClientSession`` (keep-alive pool).
 
 ``TwilioSender`` posts Twilio's form (``To``, ``From``, ``Body``) with basic auth;
 ``WebhookSender`` posts JSON ``{to, body, event_id, status, locale}`` to a local gateway.
 Both send an ``Idempotency-Key`` stable per event, so a gateway that honours it drops repeats.
+
+aiohttp rather than httpx: on this hot path httpx/httpcore cost 2.3 ms of CPU per request with
+64 requests in flight on one pool, aiohttp about 0.19 ms (``bench/micro.py``).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
-import httpx
+import aiohttp
 
 from worker.channels import (
     Outgoing,
@@ -18,45 +23,71 @@ from worker.channels import (
     idempotency_key,
 )
 
+POOL_CONNECTIONS = 100
+
+
+def http_session(timeout: float) -> aiohttp.ClientSession:
+    """The pool every SMS sender shares. Waiting for a free pooled connection is not the
+    provider failing, so it has no timeout (``MAX_IN_FLIGHT`` bounds the waiters); connecting
+    and each read wait at most ``timeout`` seconds. Call from a running event loop."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS, limit_per_host=POOL_CONNECTIONS),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=timeout, sock_read=timeout
+        ),
+        raise_for_status=False,
+    )
+
 
 class _HttpSender:
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
 
     async def _post(self, url: str, message: Outgoing, **kwargs: Any) -> None:
         headers = {"Idempotency-Key": idempotency_key(message.event_id, "sms")}
+        headers.update(kwargs.pop("headers", {}))
         try:
-            response = await self._client.post(url, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
+            async with self._session.post(
+                url, headers=headers, allow_redirects=False, **kwargs
+            ) as response:
+                status = response.status
+                body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise TransientDeliveryError(f"SMS provider unreachable: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientDeliveryError(f"SMS provider answered {response.status_code}")
-        if not 200 <= response.status_code < 300:  # a redirect is not an accepted SMS either
+        if status == 429 or status >= 500:
+            raise TransientDeliveryError(f"SMS provider answered {status}")
+        if not 200 <= status < 300:  # a redirect is not an accepted SMS either
             raise PermanentDeliveryError(
-                f"SMS provider refused with {response.status_code}{_provider_code(response)}"
+                f"SMS provider refused with {status}{_provider_code(body)}"
             )
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
 
 class TwilioSender(_HttpSender):
     def __init__(
-        self, client: httpx.AsyncClient, api_url: str, account_sid: str, token: str, sender: str
+        self,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        account_sid: str,
+        token: str,
+        sender: str,
     ) -> None:
-        super().__init__(client)
+        super().__init__(session)
         self._url = f"{api_url}/2010-04-01/Accounts/{account_sid}/Messages.json"
-        self._auth = httpx.BasicAuth(account_sid, token)
+        credentials = base64.b64encode(f"{account_sid}:{token}".encode()).decode()
+        self._authorization = {"Authorization": f"Basic {credentials}"}
         self._from = sender
 
     async def send(self, message: Outgoing) -> None:
         form = {"To": message.address, "From": self._from, "Body": message.text}
-        await self._post(self._url, message, data=form, auth=self._auth)
+        await self._post(self._url, message, data=form, headers=self._authorization)
 
 
 class WebhookSender(_HttpSender):
-    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
-        super().__init__(client)
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        super().__init__(session)
         self._url = url
 
     async def send(self, message: Outgoing) -> None:
@@ -67,15 +98,17 @@ class WebhookSender(_HttpSender):
             "status": message.status,
             "locale": message.locale,
         }
-        await self._post(self._url, message, json=payload)
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        await self._post(self._url, message, data=body, headers=headers)
 
 
-def _provider_code(response: httpx.Response) -> str:
+def _provider_code(body: bytes) -> str:
     """Twilio's numeric error code, when the body has one (its message may quote the number,
     so it is left out)."""
     try:
-        body = response.json()
+        parsed = json.loads(body)
     except ValueError:
         return ""
-    code = body.get("code") if isinstance(body, dict) else None
+    code = parsed.get("code") if isinstance(parsed, dict) else None
     return f" (provider code {code})" if isinstance(code, int | str) else ""
