@@ -151,3 +151,35 @@ async def test_the_shipment_state_never_moves_back_in_time(open_fresh: OpenStore
     await store.accept("e2", ("email",), "s1", ShipmentState("delivered", 2000.0))
     await store.accept("e1", ("email",), "s1", ShipmentState("in_transit", 1000.0))
     assert (await store.load("e1", "s1")).shipment == ShipmentState("delivered", 2000.0)
+
+
+async def test_sqlite_writes_are_committed_when_they_return(tmp_path: Path) -> None:
+    """Group commit: writes made concurrently share one commit, and each call returns only
+    once its change is visible to another connection (so durable across a crash)."""
+    import sqlite3
+
+    path = tmp_path / "dedup.sqlite3"
+    store = open_store(f"sqlite:///{path}", 3600)
+    other = sqlite3.connect(path)
+    try:
+
+        async def one(i: int) -> None:
+            await store.accept(f"e{i}", ("email",), f"s{i}", ShipmentState("shipped", 1.0))
+            assert other.execute(
+                "SELECT count(*) FROM events WHERE event_id = ?", (f"e{i}",)
+            ).fetchone() == (1,)
+            claim = await store.claim(f"e{i}", "email", "w1", 60)
+            assert claim.granted
+            assert other.execute(
+                "SELECT owner FROM claims WHERE event_id = ?", (f"e{i}",)
+            ).fetchone() == ("w1",)
+            await store.mark_done(f"e{i}", "email", "sent")
+            assert other.execute(
+                "SELECT done FROM events WHERE event_id = ?", (f"e{i}",)
+            ).fetchone() == ('{"email":"sent"}',)
+
+        await asyncio.gather(*(one(i) for i in range(200)))
+        assert other.execute("SELECT count(*) FROM claims").fetchone() == (0,)
+    finally:
+        other.close()
+        await store.close()

@@ -1,15 +1,23 @@
 """The default store: one SQLite file, no other service needed.
 
 Calls run directly on the event loop's thread: with WAL and ``synchronous=NORMAL`` (no fsync
-per commit) each takes a few tens of microseconds, less than a round trip to a worker thread
+per commit) a statement takes a few microseconds, less than a round trip to a worker thread
 (about 90 us measured), and the connection never changes threads. WAL with
 ``synchronous=NORMAL`` keeps every committed write across a crash of the process, which is the
 failure the offset bookkeeping guards against (not across a power cut). One worker process per
 file: replicas share Redis instead.
+
+Group commit: a write runs at once inside the connection's open transaction and then waits for
+that transaction's commit, which happens once per pass of the event loop for every write made
+during it (a commit costs about 25 us, a write in a batch about 3 us). A write method returns
+only when its change is durable, as before; reads see every earlier write of this process,
+committed or about to be. The steps of a claim run without an ``await`` between them, so no
+other task of this process interleaves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -57,6 +65,8 @@ class SqliteStore:
         self._db = _connect(path)
         self._purged_at = 0.0
         self._closed = False
+        self._waiting: list[asyncio.Future[None]] = []
+        self._commit_scheduled = False
 
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
         return self._load(event_id, shipment_id)
@@ -82,87 +92,118 @@ class SqliteStore:
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
         self._accept(event_id, channels, shipment_id, state)
+        await self._committed()
 
     def _accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
         now = time.time()
         expires = now + self._ttl
-        with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO events (event_id, channels, done, expires_at)"
-                " VALUES (?, ?, '{}', ?)",
-                (event_id, json.dumps(list(channels)), expires),
-            )
-            self._db.execute(  # the state only moves forward in time
-                "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (shipment_id) DO UPDATE SET"
-                " status = excluded.status, occurred_at = excluded.occurred_at,"
-                " expires_at = excluded.expires_at"
-                " WHERE excluded.occurred_at >= shipments.occurred_at"
-                " OR shipments.expires_at <= ?",
-                (shipment_id, state.status, state.occurred_at, expires, now),
-            )
+        self._db.execute(
+            "INSERT OR REPLACE INTO events (event_id, channels, done, expires_at)"
+            " VALUES (?, ?, '{}', ?)",
+            (event_id, json.dumps(list(channels)), expires),
+        )
+        self._db.execute(  # the state only moves forward in time
+            "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (shipment_id) DO UPDATE SET"
+            " status = excluded.status, occurred_at = excluded.occurred_at,"
+            " expires_at = excluded.expires_at"
+            " WHERE excluded.occurred_at >= shipments.occurred_at"
+            " OR shipments.expires_at <= ?",
+            (shipment_id, state.status, state.occurred_at, expires, now),
+        )
 
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
         self._mark_done(event_id, channel, outcome)
+        await self._committed()
 
     def _mark_done(self, event_id: str, channel: str, outcome: str) -> None:
-        with self._db:
-            self._db.execute(
-                "UPDATE events SET done = json_set(done, '$.' || ?, ?) WHERE event_id = ?",
-                (channel, outcome, event_id),
-            )
-            self._db.execute(
-                "DELETE FROM claims WHERE event_id = ? AND channel = ?", (event_id, channel)
-            )
+        self._db.execute(
+            "UPDATE events SET done = json_set(done, '$.' || ?, ?) WHERE event_id = ?",
+            (channel, outcome, event_id),
+        )
+        self._db.execute(
+            "DELETE FROM claims WHERE event_id = ? AND channel = ?", (event_id, channel)
+        )
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
-        return self._claim(event_id, channel, owner, lease)
+        claim = self._claim(event_id, channel, owner, lease)
+        if claim.granted:
+            await self._committed()
+        return claim
 
     def _claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         now = time.time()
-        with self._db:  # BEGIN IMMEDIATE: another process sharing the file waits its turn
-            self._db.execute("BEGIN IMMEDIATE")
-            done = self._db.execute(
-                "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
-                (channel, event_id),
-            ).fetchone()
-            if done and done[0] and done[0] not in CLAIMABLE_OUTCOMES:
-                return Claim(False, outcome=done[0])
-            held = self._db.execute(
-                "SELECT owner FROM claims WHERE event_id = ? AND channel = ? AND expires_at > ?",
-                (event_id, channel, now),
-            ).fetchone()
-            if held and not may_take_over(held[0], owner):
-                return Claim(False, holder=held[0])
-            self._db.execute(
-                "INSERT OR REPLACE INTO claims (event_id, channel, owner, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (event_id, channel, owner, now + lease),
-            )
+        done = self._db.execute(
+            "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
+            (channel, event_id),
+        ).fetchone()
+        if done and done[0] and done[0] not in CLAIMABLE_OUTCOMES:
+            return Claim(False, outcome=done[0])
+        held = self._db.execute(
+            "SELECT owner FROM claims WHERE event_id = ? AND channel = ? AND expires_at > ?",
+            (event_id, channel, now),
+        ).fetchone()
+        if held and not may_take_over(held[0], owner):
+            return Claim(False, holder=held[0])
+        self._db.execute(
+            "INSERT OR REPLACE INTO claims (event_id, channel, owner, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            (event_id, channel, owner, now + lease),
+        )
         return Claim(True)
 
     async def reopen(self, event_id: str, channel: str) -> None:
         self._reopen(event_id, channel)
+        await self._committed()
 
     def _reopen(self, event_id: str, channel: str) -> None:
-        with self._db:
-            self._db.execute(
-                "UPDATE events SET done = json_remove(done, '$.' || ?) WHERE event_id = ?",
-                (channel, event_id),
-            )
+        self._db.execute(
+            "UPDATE events SET done = json_remove(done, '$.' || ?) WHERE event_id = ?",
+            (channel, event_id),
+        )
 
     def _purge(self, now: float) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
-            self._db.execute("DELETE FROM shipments WHERE expires_at <= ?", (now,))
-            self._db.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
+        self._db.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
+        self._db.execute("DELETE FROM shipments WHERE expires_at <= ?", (now,))
+        self._db.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
+        self._schedule_commit()
         self._purged_at = now
+
+    async def _committed(self) -> None:
+        """Return once the open transaction, with this task's write in it, is committed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self._schedule_commit()
+        await waiter
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._commit_scheduled = False
+        waiting, self._waiting = self._waiting, []
+        if self._closed:
+            return
+        try:
+            self._db.commit()
+        except sqlite3.Error as exc:
+            self._db.rollback()
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in waiting:
+            if not waiter.done():  # a cancelled waiter's write is committed all the same
+                waiter.set_result(None)
 
     async def close(self) -> None:
         if self._closed:
             return
+        self._commit()
         self._closed = True
         self._db.close()
 
