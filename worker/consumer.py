@@ -153,6 +153,11 @@ class KeyOrderedConsumer:
         return True
 
     async def _acquire_slot(self) -> bool:
+        if self._stopping.is_set():
+            return False
+        if not self._slots.locked():  # a free slot: taken at once, no waiting machinery
+            await self._slots.acquire()
+            return True
         acquire = asyncio.ensure_future(self._slots.acquire())
         stopping = asyncio.ensure_future(self._stopping.wait())
         done, _ = await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
