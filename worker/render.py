@@ -40,9 +40,21 @@ class RenderedSms:
     text: str
 
 
+class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox, serving the items of the context's plain dicts before trying attributes:
+    ``shipment.carrier`` otherwise costs a failed attribute lookup first (an exception) on
+    every read. Only a key named like a dict method would read differently, and the context
+    has none; everything that is not a plain dict goes through the sandbox's checks."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 class Renderer:
     def __init__(self, templates_dir: Path, default_locale: str, default_shop: Shop) -> None:
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = _Environment(
             loader=FileSystemLoader(templates_dir),
             undefined=StrictUndefined,
             autoescape=select_autoescape(
@@ -51,6 +63,10 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             auto_reload=False,
+            # a plain dict: Jinja's LRU cache removes the name from a deque on every hit (a
+            # linear scan over the ~200 templates, several per email for the layouts), and
+            # templates never change while the worker runs
+            cache_size=-1,
         )
         if not templates_dir.is_dir():
             raise RenderError(f"TEMPLATES_DIR {templates_dir} is not a directory")
