@@ -30,6 +30,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -70,6 +71,8 @@ class _SmtpHandler:
         # counted here, not per TCP connection: aiosmtpd's start-up probe connects without EHLO
         self._sink.connections += 1
         session.host_name = hostname  # aiosmtpd leaves this to a handler that takes over EHLO
+        if not self._sink.eight_bit_mime:
+            return [r for r in responses if r[4:].upper() != "8BITMIME"]
         return responses
 
     async def handle_RCPT(
@@ -85,7 +88,12 @@ class _SmtpHandler:
         if self._sink.faults.delay:
             await asyncio.sleep(self._sink.faults.delay)
         content = envelope.original_content or b""
-        mail = ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), content)
+        mail = ReceivedMail(
+            str(envelope.mail_from),
+            list(envelope.rcpt_tos),
+            content,
+            list(envelope.mail_options),
+        )
         self._sink.record(mail)
         return "250 Message accepted"
 
@@ -97,6 +105,7 @@ class SmtpSink:
         self.faults = Faults()
         self.messages: list[ReceivedMail] = []
         self.connections = 0  # SMTP sessions that said EHLO
+        self.eight_bit_mime = True  # announce 8BITMIME (False: a 7-bit-only server)
         self._running = False
         self._on_mail = on_mail
         self._lock = threading.Lock()

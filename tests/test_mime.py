@@ -97,3 +97,43 @@ def test_specials_in_a_display_name_are_quoted_not_interpreted() -> None:
         "an@example.com",
     )
     assert parsed["Bcc"] is None
+
+
+def test_with_8bitmime_the_bodies_travel_as_utf8_and_parse_back() -> None:
+    """8bit parts carry the UTF-8 text itself (no quoted-printable), and read back the same."""
+    message = outgoing()
+    wire = MimeBuilder("Shop <no-reply@shop.example>", None).build(message, eight_bit=True)
+    assert wire.eight_bit
+    assert wire.data.count(b"Content-Transfer-Encoding: 8bit\r\n") == 2
+    assert "Đơn <b>ORD-5521</b> = 100% ✓".encode() in wire.data
+    text, html = parse(wire.data).iter_parts()
+    assert text.get_content().replace("\r\n", "\n") == message.text + "\n"
+    assert html.get_content().replace("\r\n", "\n") == message.html
+    assert b"\n" not in wire.data.replace(b"\r\n", b"")
+
+
+def test_a_line_over_998_octets_or_the_boundary_falls_back_to_quoted_printable() -> None:
+    """SMTP caps lines at 998 octets, and a body quoting the boundary could forge a part:
+    such a part is quoted-printable, the other stays 8bit."""
+    builder = MimeBuilder("Shop <no-reply@shop.example>", None)
+    long_line = "ở" * 400  # 800 characters, 1,200 octets
+    wire = builder.build(outgoing(text=long_line), eight_bit=True)
+    assert wire.data.count(b"Content-Transfer-Encoding: quoted-printable\r\n") == 1
+    assert wire.data.count(b"Content-Transfer-Encoding: 8bit\r\n") == 1
+    assert max(len(line) for line in wire.data.split(b"\r\n")) <= 998
+    text, _ = parse(wire.data).iter_parts()
+    assert text.get_content().replace("\r\n", "\n") == long_line + "\n"
+
+    boundary = f"=_{idempotency_key('evt-1', 'email')[:32]}"
+    forged = f"hi\n--{boundary}\nContent-Type: text/html\n\n<b>forged</b>\n"
+    wire = builder.build(outgoing(html=forged), eight_bit=True)
+    parts = list(parse(wire.data).iter_parts())
+    assert len(parts) == 2
+    assert parts[1].get_content().replace("\r\n", "\n") == forged
+
+
+def test_without_8bitmime_every_part_is_quoted_printable() -> None:
+    wire = MimeBuilder("Shop <no-reply@shop.example>", None).build(outgoing(), eight_bit=False)
+    assert not wire.eight_bit
+    assert wire.data.count(b"Content-Transfer-Encoding: quoted-printable\r\n") == 2
+    assert wire.data.isascii()

@@ -3,13 +3,18 @@
 ``email.message.EmailMessage`` costs about 1.5 ms per message here (policy objects, header
 registry, generator), which alone would cap a worker near 600 emails/s. Our messages always have
 the same shape, so they are assembled from parts: multipart/alternative with a text and an HTML
-part, both UTF-8 in quoted-printable, headers encoded with the standard library's RFC 2047 and
-address helpers. ``tests/test_mime.py`` parses the result back with the standard library and
-compares it field by field.
+part, headers encoded with the standard library's RFC 2047 and address helpers.
+``tests/test_mime.py`` parses the result back with the standard library and compares it field
+by field.
+
+Bodies are UTF-8, sent as they are (``8bit``) when the server announced 8BITMIME, which every
+current MTA does: no encoding work, and Vietnamese or Korean text is a third of its
+quoted-printable size. A part falls back to quoted-printable when the server lacks 8BITMIME,
+when a line would exceed SMTP's 998 octets, or when it contains the boundary.
 
 Safety: header values must not contain CR or LF (event fields are folded to one line when
 decoded; this refuses anything else), and the boundary starts with ``=_``, which cannot occur
-in a quoted-printable body (``=`` is always encoded there).
+in a quoted-printable body (``=`` is always encoded there) and is checked for in an 8bit one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class WireMessage:
     recipients: tuple[str, ...]
     data: bytes
     message_id: str
+    eight_bit: bool = False  # a body part is 8bit: MAIL FROM needs BODY=8BITMIME
 
 
 class HeaderInjection(ValueError):
@@ -65,12 +71,32 @@ def _quoted_printable(text: str) -> bytes:
     return body.replace(b"\n", b"\r\n")
 
 
-def _part(subtype: str, text: str) -> bytes:
+MAX_LINE = 998  # octets, without CRLF (RFC 5321 4.5.3.1.6)
+
+
+def _eight_bit(text: str, boundary: str) -> bytes | None:
+    """The body as 8bit UTF-8 with CRLF line ends, or None when it may not travel so."""
+    if boundary in text:
+        return None
+    if not text.endswith("\n"):
+        text += "\n"
+    body = text.replace("\r\n", "\n").encode("utf-8")
+    if len(body) > MAX_LINE and max(map(len, body.split(b"\n"))) > MAX_LINE:
+        return None
+    return body.replace(b"\n", b"\r\n")
+
+
+def _part(subtype: str, text: str, eight_bit: bool, boundary: str) -> tuple[bytes, bool]:
+    """One body part, and whether it went 8bit."""
+    body = _eight_bit(text, boundary) if eight_bit else None
+    encoding = "8bit" if body is not None else "quoted-printable"
     head = (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    )
-    return head.encode("ascii") + _quoted_printable(text)
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
+    ).encode("ascii")
+    if body is None:
+        return head + _quoted_printable(text), False
+    return head + body, True
 
 
 class MimeBuilder:
@@ -81,7 +107,10 @@ class MimeBuilder:
         self._from = _address(name, address)
         self._reply_to = _address(*parseaddr(reply_to)) if reply_to else None
 
-    def build(self, message: Outgoing, now: datetime | None = None) -> WireMessage:
+    def build(
+        self, message: Outgoing, now: datetime | None = None, *, eight_bit: bool = False
+    ) -> WireMessage:
+        """The message's bytes; ``eight_bit``: the server takes 8BITMIME bodies."""
         key = idempotency_key(message.event_id, "email")
         message_id = f"<{key}@{self.domain}>"
         boundary = f"=_{key[:32]}"
@@ -97,16 +126,20 @@ class MimeBuilder:
             f"Content-Language: {_encoded(message.locale, 'Content-Language')}",
         ]
         marker = f"--{boundary}\r\n".encode("ascii")
+        text, text_8bit = _part("plain", message.text, eight_bit, boundary)
+        html, html_8bit = _part("html", message.html, eight_bit, boundary)
         data = b"".join(
             [
                 "\r\n".join(headers).encode("ascii"),
                 b"\r\n\r\n",
                 marker,
-                _part("plain", message.text),
+                text,
                 b"\r\n",
                 marker,
-                _part("html", message.html),
+                html,
                 f"\r\n--{boundary}--\r\n".encode("ascii"),
             ]
         )
-        return WireMessage(self.sender, (message.address,), data, message_id)
+        return WireMessage(
+            self.sender, (message.address,), data, message_id, text_8bit or html_8bit
+        )

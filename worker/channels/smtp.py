@@ -3,7 +3,8 @@
 Each connection sends one message at a time; ``pool_size`` of them send concurrently. A
 connection that fails is closed and reopened on its next use. The message bytes come from
 ``mime.MimeBuilder`` (RFC 2047 headers, CR/LF refused in header values; event fields reach
-headers only after being folded to one line).
+headers only after being folded to one line), built once the session's EHLO has said whether
+the server takes 8BITMIME bodies.
 """
 
 from __future__ import annotations
@@ -42,21 +43,26 @@ class SmtpSender:
         )
 
     async def send(self, message: Outgoing) -> None:
-        try:
-            mail = self.mime.build(message)
-        except ValueError as exc:  # an address or header value we refuse to put on the wire
-            raise PermanentDeliveryError(f"message cannot be built: {exc}") from exc
         client = await self._idle.get()
         try:
-            await self._send(client, mail)
+            await self._send(client, message)
         finally:
             self._idle.put_nowait(client)
 
-    async def _send(self, client: aiosmtplib.SMTP, mail: WireMessage) -> None:
+    def _build(self, message: Outgoing, eight_bit: bool) -> WireMessage:
         try:
-            if not client.is_connected:
-                await client.connect()
-            await client.sendmail(mail.sender, list(mail.recipients), mail.data)
+            return self.mime.build(message, eight_bit=eight_bit)
+        except ValueError as exc:  # an address or header value we refuse to put on the wire
+            raise PermanentDeliveryError(f"message cannot be built: {exc}") from exc
+
+    async def _send(self, client: aiosmtplib.SMTP, message: Outgoing) -> None:
+        try:
+            await _open_session(client)
+            mail = self._build(message, client.supports_extension("8bitmime"))
+            options = ["BODY=8BITMIME"] if mail.eight_bit else []
+            await client.sendmail(
+                mail.sender, list(mail.recipients), mail.data, mail_options=options
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             _close(client)  # a fresh session next time rather than trusting this one's state
             codes = [r.code for r in exc.recipients]
@@ -91,6 +97,17 @@ class SmtpSender:
                     await client.quit()
                 except (aiosmtplib.SMTPException, OSError):
                     client.close()
+
+
+async def _open_session(client: aiosmtplib.SMTP) -> None:
+    """Connected and greeted: the EHLO reply's extensions decide the body encoding."""
+    if not client.is_connected:
+        await client.connect()
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await client.helo()
 
 
 def _close(client: aiosmtplib.SMTP) -> None:

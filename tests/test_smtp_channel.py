@@ -1,0 +1,55 @@
+"""The email sender against a real SMTP server on loopback: the envelope, the body encoding it
+picks from the server's extensions, and what the recipient's client decodes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.sinks import SmtpSink
+from worker.channels import Outgoing
+from worker.channels.smtp import SmtpSender
+from worker.settings import EmailSettings, SmtpSecurity, SmtpSettings
+
+MESSAGE = Outgoing(
+    channel="email",
+    event_id="evt-smtp-1",
+    status="delivered",
+    locale="ko",
+    address="minji@example.com",
+    recipient_name="김민지",
+    subject="주문 ORD-77이 배송되었습니다",
+    text="김민지님, 주문 ORD-77이 배송되었습니다.\n.\n감사합니다.",
+    html="<p>주문 <b>ORD-77</b> &amp; 배송 완료</p>\n.starts with a dot\n",
+)
+
+
+@pytest.fixture
+async def sender(smtp_sink: SmtpSink) -> AsyncIterator[SmtpSender]:
+    smtp = SmtpSettings(host="127.0.0.1", port=smtp_sink.port, security=SmtpSecurity.NONE)
+    email = EmailSettings.model_validate({"EMAIL_FROM": "Shop <no-reply@shop.example>"})
+    client = SmtpSender(smtp, email)
+    yield client
+    await client.close()
+
+
+@pytest.mark.parametrize("eight_bit_mime", [True, False])
+async def test_the_body_arrives_intact_in_the_encoding_the_server_takes(
+    sender: SmtpSender, smtp_sink: SmtpSink, eight_bit_mime: bool
+) -> None:
+    """With 8BITMIME the parts travel as UTF-8 under BODY=8BITMIME; without it, as
+    quoted-printable ASCII. Either way, lines starting with a dot survive the DATA framing."""
+    smtp_sink.eight_bit_mime = eight_bit_mime
+    await sender.send(MESSAGE)
+    [mail] = await smtp_sink.wait_for(1)
+    assert (mail.mail_from, mail.rcpt_tos) == ("no-reply@shop.example", ["minji@example.com"])
+    encoding = b"8bit" if eight_bit_mime else b"quoted-printable"
+    assert mail.raw.count(b"Content-Transfer-Encoding: " + encoding) == 2
+    assert ("BODY=8BITMIME" in mail.mail_options) is eight_bit_mime
+    assert mail.raw.isascii() is not eight_bit_mime
+    received = mail.message
+    assert str(received["Subject"]) == MESSAGE.subject
+    text, html = received.iter_parts()
+    assert text.get_content().replace("\r\n", "\n") == MESSAGE.text + "\n"
+    assert html.get_content().replace("\r\n", "\n") == MESSAGE.html
