@@ -69,7 +69,7 @@ from bench.profiling import PySpy, analyse
 from bench.worker_run import Counts, Target, Tuning, WorkerRun, run_worker
 
 RESULTS = ROOT / "bench" / "results"
-ALL_PATCHES = "sniffio,locale_cache,fastlog,uvloop"
+ALL_PATCHES = "uvloop"
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def sizes(args: argparse.Namespace) -> Sizes:
         profile_events=min(args.events, args.profile_events),
         prototype_events=min(args.events, args.prototype_events),
         partitions=args.partitions,
-        prototypes=("fastlog", "uvloop", ALL_PATCHES),
+        prototypes=(ALL_PATCHES,),
     )
 
 

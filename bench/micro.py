@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import functools
 import io
 import json
 import os
@@ -28,7 +27,6 @@ from typing import Any
 
 from bench.events import EventFactory
 from bench.legacy_email import build_email_message
-from bench.prototype import patch_fastlog, replace
 from worker import logs, render
 from worker.app import build_renderer
 from worker.channels import Outgoing
@@ -92,15 +90,10 @@ def check_same_email(reference: bytes, other: bytes) -> None:
         assert pa.get_content() == pb.get_content(), kind
 
 
-def wire_bytes(sender: SmtpSender, message: Outgoing) -> bytes:
-    """The bytes the worker's SMTP sender puts on the wire for ``message``, whichever way it
-    builds them (its own ``mime`` builder, or ``build`` returning an ``EmailMessage``)."""
-    builder: Any = getattr(sender, "mime", None)
-    if builder is not None:
-        return bytes(builder.build(message).data)
-    from aiosmtplib.email import flatten_message
-
-    return bytes(flatten_message(sender.build(message)))  # type: ignore[attr-defined]
+def wire_bytes(sender: SmtpSender, message: Outgoing, eight_bit: bool = False) -> bytes:
+    """The bytes the worker's SMTP sender puts on the wire for ``message``: quoted-printable
+    bodies, or with ``eight_bit`` as sent to a server announcing 8BITMIME."""
+    return bytes(sender.mime.build(message, eight_bit=eight_bit).data)
 
 
 def email_costs(
@@ -115,13 +108,19 @@ def email_costs(
         return build_email_message(from_, reply_to, message)
 
     for message in outgoing[:20]:  # the worker's bytes read back as the reference's do
-        check_same_email(flatten_message(reference(message)), wire_bytes(sender, message))
+        for eight_bit in (False, True):
+            check_same_email(
+                flatten_message(reference(message)), wire_bytes(sender, message, eight_bit)
+            )
     next_message, next_mail = _cycle(outgoing), _cycle([reference(m) for m in outgoing])
     return {
         "EmailMessage build (reference)": per_call_us(lambda: reference(next_message())),
         "EmailMessage flatten (aiosmtplib)": per_call_us(lambda: flatten_message(next_mail())),
-        "worker's current message build (to bytes)": per_call_us(
+        "worker's message build, quoted-printable bodies": per_call_us(
             lambda: wire_bytes(sender, next_message())
+        ),
+        "worker's message build, 8bit bodies (server has 8BITMIME)": per_call_us(
+            lambda: wire_bytes(sender, next_message(), eight_bit=True)
         ),
     }
 
@@ -137,16 +136,6 @@ def render_costs(renderer: render.Renderer, events: list[Event]) -> dict[str, fl
         "render email (jinja2 + babel)": per_call_us(lambda: renderer.email(next_event())),
         "render SMS": per_call_us(lambda: renderer.sms(next_event())),
     }
-    original = vars(render).get("_babel_locale")
-    if original is None:  # the worker no longer has this step
-        return costs
-    replace(render, "_babel_locale", functools.lru_cache(maxsize=256)(original))
-    try:
-        costs["proposed: render email, Babel Locale cached"] = per_call_us(
-            lambda: renderer.email(next_event())
-        )
-    finally:
-        replace(render, "_babel_locale", original)
     return costs
 
 
@@ -172,12 +161,37 @@ def log_costs(settings: Any) -> dict[str, float]:
     costs = {}
     with redirect_stderr(io.StringIO()) as sink:
         logs.configure(settings.log)
-        costs["one log line (structlog via stdlib logging)"] = per_call_us(one_line)
+        costs["one log line (structlog JSON straight to stderr, now)"] = per_call_us(one_line)
         sink.truncate(0)
-        patch_fastlog()
-        logs.configure(settings.log)
-        costs["proposed: one log line (structlog JSON straight to stderr)"] = per_call_us(one_line)
+        _configure_through_stdlib_logging(settings.log)
+        costs["one log line (structlog via stdlib logging, before)"] = per_call_us(one_line)
     return costs
+
+
+def _configure_through_stdlib_logging(settings: Any) -> None:
+    """The worker's logging set-up until 13bb388: every structlog event through a stdlib
+    ``logging`` handler and ``ProcessorFormatter``."""
+    import logging
+
+    import structlog
+
+    logs.configure(settings)  # the stdlib handler and its formatter stay as they are
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            logs.redact_contacts,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    logging.getLogger("bench").setLevel(logging.INFO)
 
 
 def http_client_costs(requests: int = 3000, in_flight: int = 64) -> dict[str, float]:
@@ -238,8 +252,8 @@ def store_costs() -> dict[str, float]:
     """The SQLite store's pattern (a hop to its thread per call, a commit per write) against
     writes batched into one transaction; each on a fresh database."""
     costs = {
-        "SQLite write + commit (one per call, as the store does)": _sqlite_us(1),
-        "proposed: SQLite writes batched 100 per commit (per write)": _sqlite_us(100),
+        "SQLite write + commit per call (the store before 13bb388)": _sqlite_us(1),
+        "SQLite writes, 100 per commit (group commit, per write)": _sqlite_us(100),
         "run_in_executor round trip (per store call)": asyncio.run(_hop_us()),
     }
     return costs

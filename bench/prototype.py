@@ -2,26 +2,21 @@
 the proposed changes patched in at start-up, to measure their end-to-end gain without
 touching ``worker/``. ``BENCH_PATCHES`` (comma-separated) picks them:
 
-- ``sniffio``: make httpcore's per-request ``import sniffio`` fail fast (the venv has no
-  sniffio, so every SMS pays several failed imports that scan ``sys.path``);
-- ``locale_cache``: memoise the Babel ``Locale`` parsed for every render;
-- ``fastlog``: structlog renders JSON straight to stderr instead of through stdlib logging;
 - ``uvloop``: run the event loop on uvloop.
 
-A patch whose target no longer exists in the worker is skipped and said so on stderr.
+Proposals measured here earlier and since adopted by the worker (so no longer patches):
+Babel locales cached, structlog straight to stderr, and (with httpx gone) the failed
+``import sniffio`` per SMS. A patch whose target no longer exists in the worker is skipped and
+said so on stderr.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
-
-import structlog
+from typing import Any
 
 
 def replace(owner: Any, name: str, value: Any) -> None:
@@ -32,48 +27,6 @@ def replace(owner: Any, name: str, value: Any) -> None:
         setattr(owner, name, value)
 
 
-def patch_sniffio() -> None:
-    replace(sys.modules, "sniffio", None)  # `import sniffio` then fails at once
-
-
-def patch_locale_cache() -> None:
-    from worker import render
-
-    replace(render, "_babel_locale", functools.lru_cache(maxsize=256)(render._babel_locale))
-
-
-class _NamedWriteLogger(structlog.WriteLogger):
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
-        self.name = name
-
-
-def patch_fastlog() -> None:
-    from worker import logs
-
-    original = logs.configure
-
-    def configure(settings: Any) -> None:
-        original(settings)  # keeps the stdlib handler for aiokafka & co
-        structlog.configure(
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(ensure_ascii=False),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(
-                logging.getLevelName(str(settings.level))
-            ),
-            logger_factory=lambda *args: _NamedWriteLogger(sys.stderr, args[0] if args else ""),
-            cache_logger_on_first_use=True,
-        )
-
-    logs.configure = configure
-
-
 def patch_uvloop() -> None:
     import uvloop
 
@@ -81,9 +34,6 @@ def patch_uvloop() -> None:
 
 
 PATCHES: dict[str, Callable[[], None]] = {
-    "sniffio": patch_sniffio,
-    "locale_cache": patch_locale_cache,
-    "fastlog": patch_fastlog,
     "uvloop": patch_uvloop,
 }
 
