@@ -127,9 +127,9 @@ async def test_smtp_down_and_sms_api_failing_recover_with_every_notification_onc
     tmp_path: Path,
 ) -> None:
     """The SMTP server refuses connections for three seconds and the SMS API answers 503 (200
-    times) and then 429 (20 times): after recovery every notification has arrived exactly once, and the
-    retries show in the logs. (One event per shipment: a retry whose shipment moved on is
-    dropped as stale by design, which another test shows.)"""
+    times) and then 429 (20 times): after recovery every notification has arrived exactly
+    once, and the retries show in the logs. (One event per shipment: a retry whose shipment
+    moved on is dropped as stale by design, which another test shows.)"""
     topic = await new_topic(partitions=2)
     events = [
         event(f"D{s}", "shipped", shipment_id=f"D{s}", customer={"phone": f"+1415555{s:04d}"})
