@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.naive import naive_worker
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     smtp.add_argument("--connections", type=int, required=True)
     smtp.add_argument("--messages", type=int, required=True)
     smtp.add_argument("--message-file", type=Path, required=True)
+    smtp.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     naive = sub.add_parser("naive")
     naive.add_argument("--topic", required=True)
     naive.add_argument("--records", type=int, required=True)
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.name == "aiosmtplib":
         message = args.message_file.read_bytes()
-        result = asyncio.run(smtp_ceiling(args.port, args.connections, args.messages, message))
+        factory = uvloop.new_event_loop if args.loop == "uvloop" else asyncio.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result = runner.run(smtp_ceiling(args.port, args.connections, args.messages, message))
     else:
         sent, seconds = asyncio.run(naive_worker(args.topic, args.records))
         result = Ceiling("naive", "notifications", sent, seconds)

@@ -13,7 +13,8 @@ and measures:
    notification accepted to the last (start-up excluded, reported apart).
 2. **baselines**, each as a ratio to (1) in its own unit: raw aiokafka consumption of the same
    records (records/s, Kafka-side ceiling); aiosmtplib sending pre-built messages of the same
-   size over as many connections as the worker's pool (emails/s, Python SMTP ceiling);
+   size over as many connections as the worker's pool (emails/s, Python SMTP ceiling), on
+   uvloop like the worker by default, and again on asyncio's own loop;
    ``smtp-source`` against the same smtp-sink (emails/s, the machine's SMTP ceiling); the naive
    worker of ``bench/naive.py`` (notifications/s).
 3. **latency hiding**: (1) again with an SMTP sink that answers each message after 100 ms and
@@ -25,9 +26,9 @@ and measures:
    dedup store growth included): peak, and whether the second half of the run still grows.
 6. **profile**: py-spy on the worker while it sends: loop-thread time per notification and
    step; **micro**: the same steps timed in isolation with the proposed replacements; and
-   **prototype**: (1) with those replacements patched in (``bench/prototype.py``), each as a
-   ratio to an unpatched control run made just before (the worker under test keeps changing,
-   and so does the machine's load).
+   **variants**: (1) with a setting changed from its default (``EVENT_LOOP=asyncio``), each
+   as a ratio to a control run with the defaults made just before (the worker under test
+   keeps changing, and so does the machine's load).
 
 Results: a table on stdout, ``bench/results/latest.json`` and ``bench/results/bench.png``.
 Every process it starts is stopped at the end, also on failure or Ctrl-C; exit status 1 when
@@ -69,7 +70,8 @@ from bench.profiling import PySpy, analyse
 from bench.worker_run import Counts, Target, Tuning, WorkerRun, run_worker
 
 RESULTS = ROOT / "bench" / "results"
-ALL_PATCHES = "uvloop"
+# a variant: the worker with these settings instead of the defaults
+VARIANTS: dict[str, dict[str, str]] = {"asyncio loop": {"EVENT_LOOP": "asyncio"}}
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,13 @@ class Sizes:
     latency_rate: float
     memory_events: int
     profile_events: int
-    prototype_events: int
+    variant_events: int
     partitions: int
-    prototypes: tuple[str, ...]
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
     if args.smoke:
-        return Sizes(
-            300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions, (ALL_PATCHES,)
-        )
+        return Sizes(300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions)
     return Sizes(
         events=args.events,
         naive_records=min(args.events, args.naive_records),
@@ -97,9 +96,8 @@ def sizes(args: argparse.Namespace) -> Sizes:
         latency_rate=args.latency_rate,
         memory_events=args.memory_events,
         profile_events=min(args.events, args.profile_events),
-        prototype_events=min(args.events, args.prototype_events),
+        variant_events=min(args.events, args.variant_events),
         partitions=args.partitions,
-        prototypes=(ALL_PATCHES,),
     )
 
 
@@ -206,6 +204,10 @@ class Bench:
             ("aiosmtplib", lambda: self._baseline(
                 "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
                 "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"))),
+            ("aiosmtplib-asyncio", lambda: self._baseline(
+                "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
+                "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"),
+                "--loop", "asyncio", log_name="aiosmtplib-asyncio")),
             ("smtp-source", lambda: self._smtp_source(pool, emails, message)),
             ("naive", lambda: self._baseline("naive", "--topic", topic, "--records",
                                              str(self.sizes.naive_records))),
@@ -225,10 +227,10 @@ class Bench:
         _wait_until(lambda: self.smtp_sink.count() - before >= messages, 10, "smtp-sink count")
         return ceiling
 
-    def _baseline(self, name: str, *args: str) -> Ceiling:
+    def _baseline(self, name: str, *args: str, log_name: str = "") -> Ceiling:
         topic, _ = self.topic(self.sizes.events)
         env = _naive_env(self, topic) if name == "naive" else None
-        log = self.workdir / f"baseline-{name}.log"
+        log = self.workdir / f"baseline-{log_name or name}.log"
         with open(log, "wb") as err:
             done = subprocess.run(
                 [PYTHON, "-m", "bench.baselines", name, *args],
@@ -283,15 +285,14 @@ class Bench:
         found: dict[str, Any] = json.loads(done.stdout)
         return found
 
-    def prototypes(self) -> dict[str, Any]:
-        """An unpatched control run first, then each set of patches, back to back: the worker
-        and the machine's load change over a long run, the ratios should not."""
+    def variants(self) -> dict[str, Any]:
+        """A control run with the default settings first, then each variant, back to back: the
+        worker and the machine's load change over a long run, the ratios should not."""
         found = {}
-        for patches in ("", *self.sizes.prototypes):
-            run = self._worker(f"prototype-{patches.replace(',', '+') or 'control'}",
-                               self.sizes.prototype_events, self.fast, module="bench.prototype",
-                               extra_env={"BENCH_PATCHES": patches})  # fmt: skip
-            found[patches or "control"] = run.as_json()
+        for name, env in {"control": {}, **VARIANTS}.items():
+            run = self._worker(f"variant-{name.replace(' ', '-')}", self.sizes.variant_events,
+                               self.fast, extra_env=env)  # fmt: skip
+            found[name] = {**run.as_json(), "settings": env}
         return found
 
 
@@ -354,7 +355,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-events", type=int, default=1_000_000, help="events for (5)")
     p.add_argument("--naive-records", type=int, default=2_000, help="records for the naive one")
     p.add_argument("--profile-events", type=int, default=10_000)
-    p.add_argument("--prototype-events", type=int, default=20_000, help="per prototype run")
+    p.add_argument("--variant-events", type=int, default=20_000, help="per variant run")
     p.add_argument("--latency-rate", type=float, default=200.0, help="events/s for (4)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--latency-low-rate", type=float, default=50.0, help="second rate; 0: none")
@@ -364,7 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delayed-max-in-flight", type=int, default=512)
     p.add_argument("--delayed-pool-size", type=int, default=100)
     p.add_argument("--parts", default="e2e,baselines,delayed,latency,memory,profile,micro,"
-                   "prototypes", help="comma-separated subset to run")  # fmt: skip
+                   "variants", help="comma-separated subset to run")  # fmt: skip
     p.add_argument("--part-timeout", type=float, default=0, help="seconds (default: by size)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
     p.add_argument("--name", help="results: bench/results/NAME.json (default: latest, or smoke)")

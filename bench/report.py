@@ -159,6 +159,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     for key, unit, mine in (
         ("kafka", "records/s", e2e.get("records_per_s")),
         ("aiosmtplib", "emails/s", emails),
+        ("aiosmtplib-asyncio", "emails/s", emails),
         ("smtp-source", "emails/s", emails),
         ("naive", "notifications/s", e2e.get("notifications_per_s")),
     ):
@@ -197,14 +198,13 @@ def _later_rows(results: dict[str, Any], row: Any, e2e: dict[str, Any]) -> None:
         )
         verdict = {True: "flat", False: "GROWING", None: "run too short to tell"}[mem["flat"]]
         row("5 RSS growth, 2nd half", mem["second_half_growth_mb"], "MB", verdict)
-    prototypes = dict(results.get("prototypes") or {})
-    control = prototypes.pop("control", None)
+    variants = dict(results.get("variants") or {})
+    control = variants.pop("control", None)
     if control:
-        row("prototype control (unpatched)", control["emails_per_s"], "emails/s")
-    for patches, run in prototypes.items():
+        row("variant control (defaults), email", control["emails_per_s"], "emails/s")
+    for name, run in variants.items():
         value = run["emails_per_s"]
-        label = "all patches" if patches.count(",") >= 3 else patches
-        row(f"prototype [{label}], email", value, "emails/s", "ratio = / control",
+        row(f"variant [{name}], email", value, "emails/s", "ratio = / control",
             _ratio(value, (control or e2e).get("emails_per_s")))  # fmt: skip
 
 
@@ -243,7 +243,7 @@ def table(data: dict[str, Any]) -> str:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    """Throughput bars (worker, baselines, prototypes), the latency distribution, and RSS
+    """Throughput bars (worker, baselines, variants), the latency distribution, and RSS
     over the memory run."""
     import matplotlib
 
@@ -270,12 +270,12 @@ def _throughput_axis(ax: Any, results: dict[str, Any]) -> None:
         bars.append(("worker, slow\nsinks (3)", delayed["emails_per_s"]))
     base = results.get("baselines") or {}
     for key, label in (("naive", "naive\nworker"), ("aiosmtplib", "aiosmtplib\nceiling"),
+                       ("aiosmtplib-asyncio", "aiosmtplib\n(asyncio loop)"),
                        ("smtp-source", "smtp-source\nceiling")):  # fmt: skip
         if key in base:
             bars.append((label, base[key]["rate"]))
-    for patches, run in (results.get("prototypes") or {}).items():
-        label = "prototype\nall" if patches.count(",") >= 3 else f"prototype\n{patches}"
-        bars.append((label, run["emails_per_s"]))
+    for name, run in (results.get("variants") or {}).items():
+        bars.append((f"variant\n{name}", run["emails_per_s"]))
     if not bars:
         return
     labels, values = zip(*[(label.replace("\n", " "), v) for label, v in bars], strict=True)

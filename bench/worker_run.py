@@ -155,7 +155,6 @@ def run_worker(
     workdir: Path,
     *,
     timeout: float,
-    module: str = "worker",
     extra_env: dict[str, str] | None = None,
     profiler: Attachable | None = None,
     rss_every: float = 0.5,
@@ -168,7 +167,7 @@ def run_worker(
     run = WorkerRun(name, tuning, expected, revision=revision())
     with open(log_path, "wb") as log:
         process = spawn(
-            [PYTHON, "-m", module, "run"],
+            [PYTHON, "-m", "worker", "run"],
             env={**worker_env(target, tuning, data_dir), **(extra_env or {})},
             stdout=log,
             stderr=log,

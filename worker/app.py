@@ -160,6 +160,7 @@ async def run(
             worker_id=settings.app.worker_id,
             channels=sorted(senders),
             dedup=settings.dedup_url.split(":", 1)[0],
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         await consumer.run()
     log.info("worker_stopped")

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +18,14 @@ from worker import app, dlq, logs, preview
 from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.render import RenderError
-from worker.settings import CHANNELS, STATUSES, ConfigError, Settings, load_settings
+from worker.settings import (
+    CHANNELS,
+    STATUSES,
+    ConfigError,
+    EventLoop,
+    Settings,
+    load_settings,
+)
 
 log = logs.get_logger(__name__)
 
@@ -97,12 +104,21 @@ def _timestamp(text: str) -> datetime:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        asyncio.run(app.run(settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.app.event_loop)) as runner:
+            runner.run(app.run(settings))
     except ConsumerFailed as exc:
         # already logged with its traceback; the record it failed on stays uncommitted
         log.critical("worker_failed", error=str(exc))
         return EXIT_PROBLEM
     return 0
+
+
+def _loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
+    if kind is EventLoop.UVLOOP:
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:

