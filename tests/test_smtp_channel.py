@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.sinks import SmtpSink
-from worker.channels import Outgoing
+from worker.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
 from worker.channels.smtp import SmtpSender
 from worker.settings import EmailSettings, SmtpSecurity, SmtpSettings
 
@@ -27,7 +27,9 @@ MESSAGE = Outgoing(
 
 @pytest.fixture
 async def sender(smtp_sink: SmtpSink) -> AsyncIterator[SmtpSender]:
-    smtp = SmtpSettings(host="127.0.0.1", port=smtp_sink.port, security=SmtpSecurity.NONE)
+    smtp = SmtpSettings(
+        host="127.0.0.1", port=smtp_sink.port, security=SmtpSecurity.NONE, pool_size=1
+    )
     email = EmailSettings.model_validate({"EMAIL_FROM": "Shop <no-reply@shop.example>"})
     client = SmtpSender(smtp, email)
     yield client
@@ -47,9 +49,33 @@ async def test_the_body_arrives_intact_in_the_encoding_the_server_takes(
     encoding = b"8bit" if eight_bit_mime else b"quoted-printable"
     assert mail.raw.count(b"Content-Transfer-Encoding: " + encoding) == 2
     assert ("BODY=8BITMIME" in mail.mail_options) is eight_bit_mime
+    assert f"SIZE={len(mail.raw)}" in mail.mail_options  # RFC 1870: the octets, dots unstuffed
     assert mail.raw.isascii() is not eight_bit_mime
     received = mail.message
     assert str(received["Subject"]) == MESSAGE.subject
     text, html = received.iter_parts()
     assert text.get_content().replace("\r\n", "\n") == MESSAGE.text + "\n"
     assert html.get_content().replace("\r\n", "\n") == MESSAGE.html
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("550 5.1.1 no such user", PermanentDeliveryError),
+        ("451 4.3.0 later", TransientDeliveryError),
+    ],
+)
+async def test_a_refused_recipient_fails_the_message_by_its_code_and_the_next_one_goes_out(
+    sender: SmtpSender, smtp_sink: SmtpSink, reply: str, error: type[Exception]
+) -> None:
+    """A 5xx to RCPT dead-letters the message, a 4xx retries it; nothing reaches the server's
+    DATA either way, and the next message gets through on a fresh session (one connection
+    in the pool: the refused session was closed and a new one opened)."""
+    smtp_sink.faults.count, smtp_sink.faults.reply = 1, reply
+    with pytest.raises(error, match=f"recipient refused: {reply[:3]}"):
+        await sender.send(MESSAGE)
+    assert smtp_sink.messages == []
+    await sender.send(MESSAGE)
+    [mail] = await smtp_sink.wait_for(1)
+    assert mail.rcpt_tos == ["minji@example.com"]
+    assert smtp_sink.connections == 2

@@ -5,11 +5,12 @@
      └── PermanentDeliveryError   dead-letter this channel's notification: SMTP 5xx, HTTP 4xx
 
 Adapters wrap their library's errors in these (``raise ... from exc``), so nothing above the
-adapters imports aiosmtplib or httpx.
+adapters imports aiosmtplib or aiohttp.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +51,4 @@ class Sender(Protocol):
 
 def idempotency_key(event_id: str, channel: str) -> str:
     """Stable per (event, channel): the same notification always carries the same key."""
-    import hashlib
-
     return hashlib.sha256(f"{event_id}\x00{channel}".encode()).hexdigest()[:40]

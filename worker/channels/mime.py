@@ -30,7 +30,7 @@ from worker.channels import Outgoing, idempotency_key
 
 @dataclass(frozen=True, slots=True)
 class WireMessage:
-    """What ``SMTP.sendmail`` takes."""
+    """One message: its envelope and its bytes (CRLF line ends, not dot-stuffed)."""
 
     sender: str
     recipients: tuple[str, ...]

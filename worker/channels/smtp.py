@@ -59,17 +59,11 @@ class SmtpSender:
         try:
             await _open_session(client)
             mail = self._build(message, client.supports_extension("8bitmime"))
-            options = ["BODY=8BITMIME"] if mail.eight_bit else []
-            await client.sendmail(
-                mail.sender, list(mail.recipients), mail.data, mail_options=options
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
+            await _transaction(client, mail)
+        except aiosmtplib.SMTPRecipientRefused as exc:
             _close(client)  # a fresh session next time rather than trusting this one's state
-            codes = [r.code for r in exc.recipients]
-            error = (
-                f"recipient refused: {', '.join(f'{r.code} {r.message}' for r in exc.recipients)}"
-            )
-            if all(500 <= c < 600 for c in codes):
+            error = f"recipient refused: {exc.code} {exc.message}"
+            if 500 <= exc.code < 600:
                 raise PermanentDeliveryError(error) from exc
             raise TransientDeliveryError(error) from exc
         except (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused) as exc:
@@ -108,6 +102,19 @@ async def _open_session(client: aiosmtplib.SMTP) -> None:
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
+
+
+async def _transaction(client: aiosmtplib.SMTP, mail: WireMessage) -> None:
+    """MAIL, RCPT, DATA: ``SMTP.sendmail`` without its extra pass over the message to measure
+    it for SIZE (our bytes already have CRLF line ends, so their length is the size) and
+    without parsing each address twice."""
+    options = ["BODY=8BITMIME"] if mail.eight_bit else []
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(mail.data)}")
+    await client.mail(mail.sender, options=options)
+    for recipient in mail.recipients:
+        await client.rcpt(recipient)
+    await client.data(mail.data)
 
 
 def _close(client: aiosmtplib.SMTP) -> None:
