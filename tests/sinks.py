@@ -87,6 +87,9 @@ class _SmtpHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self._sink.faults.delay:
             await asyncio.sleep(self._sink.faults.delay)
+        fault = self._sink.data_faults.take()
+        if fault is not None:  # the reply to the message's final dot
+            return str(fault)
         content = envelope.original_content or b""
         mail = ReceivedMail(
             str(envelope.mail_from),
@@ -102,7 +105,8 @@ class SmtpSink:
     """An SMTP server on 127.0.0.1 that keeps every message it accepts."""
 
     def __init__(self, port: int = 0, on_mail: Callable[[ReceivedMail], None] | None = None):
-        self.faults = Faults()
+        self.faults = Faults()  # replies to RCPT
+        self.data_faults = Faults()  # replies to the message itself
         self.messages: list[ReceivedMail] = []
         self.connections = 0  # SMTP sessions that said EHLO
         self.eight_bit_mime = True  # announce 8BITMIME (False: a 7-bit-only server)

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.channels import Outgoing, idempotency_key
 from worker.channels.mime import HeaderInjection, MimeBuilder
@@ -137,3 +139,25 @@ def test_without_8bitmime_every_part_is_quoted_printable() -> None:
     assert not wire.eight_bit
     assert wire.data.count(b"Content-Transfer-Encoding: quoted-printable\r\n") == 2
     assert wire.data.isascii()
+
+
+@given(
+    text=st.text(alphabet=st.sampled_from("a.ếĐ한 \r\n=-"), max_size=60),
+    eight_bit=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_every_line_ends_in_crlf_whatever_line_ends_the_text_has(
+    text: str, eight_bit: bool
+) -> None:
+    """SMTP forbids a lone CR or LF in DATA and the sender passes our bytes on as they are, so
+    the builder turns every line end of the body (CRLF, LF or a lone CR) into CRLF. The body
+    reads back with its line ends as LF."""
+    wire = MimeBuilder("shop@shop.example", None).build(
+        outgoing(text=text, html=text), now=NOW, eight_bit=eight_bit
+    )
+    assert wire.data.count(b"\r") == wire.data.count(b"\r\n") == wire.data.count(b"\n")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    for part in parse(wire.data).iter_parts():
+        assert part.get_content().replace("\r\n", "\n") == lines + (
+            "" if lines.endswith("\n") else "\n"
+        )

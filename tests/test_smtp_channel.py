@@ -79,3 +79,24 @@ async def test_a_refused_recipient_fails_the_message_by_its_code_and_the_next_on
     [mail] = await smtp_sink.wait_for(1)
     assert mail.rcpt_tos == ["minji@example.com"]
     assert smtp_sink.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("554 5.6.0 content rejected", PermanentDeliveryError),
+        ("452 4.3.1 full", TransientDeliveryError),
+    ],
+)
+async def test_a_refused_message_body_fails_by_its_code_and_the_next_one_goes_out(
+    sender: SmtpSender, smtp_sink: SmtpSink, reply: str, error: type[Exception]
+) -> None:
+    """The server's answer to the message's final dot decides: 5xx dead-letters, 4xx retries."""
+    smtp_sink.data_faults.count, smtp_sink.data_faults.reply = 1, reply
+    with pytest.raises(error, match=f"SMTP {reply[:3]}"):
+        await sender.send(MESSAGE)
+    assert smtp_sink.messages == []
+    await sender.send(MESSAGE)
+    [mail] = await smtp_sink.wait_for(1)
+    assert mail.message["Message-ID"] is not None
+    assert smtp_sink.connections == 2

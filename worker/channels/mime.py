@@ -64,10 +64,15 @@ def _address(name: str | None, address: str) -> str:
     return formataddr((_one_line(name or "", "display name"), address), charset="utf-8")
 
 
+def _lines(text: str) -> str:
+    """``text`` with LF line ends only (a lone CR, which SMTP forbids, counts as one), ending
+    with one."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.endswith("\n") else text + "\n"
+
+
 def _quoted_printable(text: str) -> bytes:
-    if not text.endswith("\n"):
-        text += "\n"
-    body = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
+    body = binascii.b2a_qp(_lines(text).encode("utf-8"), istext=True)
     return body.replace(b"\n", b"\r\n")
 
 
@@ -78,9 +83,7 @@ def _eight_bit(text: str, boundary: str) -> bytes | None:
     """The body as 8bit UTF-8 with CRLF line ends, or None when it may not travel so."""
     if boundary in text:
         return None
-    if not text.endswith("\n"):
-        text += "\n"
-    body = text.replace("\r\n", "\n").encode("utf-8")
+    body = _lines(text).encode("utf-8")
     if len(body) > MAX_LINE and max(map(len, body.split(b"\n"))) > MAX_LINE:
         return None
     return body.replace(b"\n", b"\r\n")

@@ -4,7 +4,9 @@ Each connection sends one message at a time; ``pool_size`` of them send concurre
 connection that fails is closed and reopened on its next use. The message bytes come from
 ``mime.MimeBuilder`` (RFC 2047 headers, CR/LF refused in header values; event fields reach
 headers only after being folded to one line), built once the session's EHLO has said whether
-the server takes 8BITMIME bodies.
+the server takes 8BITMIME bodies. The transaction uses aiosmtplib's MAIL, RCPT and DATA
+commands; the message body is framed here (``_data``), which saves the library's regular
+expression passes over every message.
 """
 
 from __future__ import annotations
@@ -105,16 +107,40 @@ async def _open_session(client: aiosmtplib.SMTP) -> None:
 
 
 async def _transaction(client: aiosmtplib.SMTP, mail: WireMessage) -> None:
-    """MAIL, RCPT, DATA: ``SMTP.sendmail`` without its extra pass over the message to measure
-    it for SIZE (our bytes already have CRLF line ends, so their length is the size) and
-    without parsing each address twice."""
+    """MAIL, RCPT, DATA with aiosmtplib's commands. Two passes that ``SMTP.sendmail`` makes
+    over every message are left out, as our bytes need neither: measuring the message for SIZE
+    with its line ends normalized (they already are CRLF, so its length is the size), and
+    parsing each address a second time. The DATA body goes through ``_data``."""
     options = ["BODY=8BITMIME"] if mail.eight_bit else []
     if client.supports_extension("size"):
         options.append(f"SIZE={len(mail.data)}")
     await client.mail(mail.sender, options=options)
     for recipient in mail.recipients:
         await client.rcpt(recipient)
-    await client.data(mail.data)
+    await _data(client, mail.data)
+
+
+async def _data(client: aiosmtplib.SMTP, data: bytes) -> None:
+    """The DATA command and the message, dot-stuffed and ended with ``.``, through aiosmtplib's
+    own protocol (its public ``write`` and ``read_response``, one reply per write).
+
+    ``SMTP.data`` runs two regular expressions over the whole message, to turn lone CR or LF
+    into CRLF and to double leading dots: 120 us for a 10.9 KB message here, a tenth of the
+    worker's time per email. ``MimeBuilder`` guarantees CRLF line ends (a property test checks
+    it), so one ``bytes.replace`` does the dot-stuffing (8 us)."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    start = await client.execute_command(b"DATA")
+    if start.code != aiosmtplib.SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):  # never for our messages, which start with a header
+        stuffed = b"." + stuffed
+    protocol.write(stuffed + b".\r\n")
+    done = await protocol.read_response(timeout=client.timeout)
+    if done.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(done.code, done.message)
 
 
 def _close(client: aiosmtplib.SMTP) -> None:
