@@ -210,6 +210,25 @@ def test_an_undefined_name_raises_render_error(copy_templates: CopyTemplates) ->
         Renderer(templates, "en", DEFAULT_SHOP).sms(an_event(locale="en"))
 
 
+@pytest.mark.parametrize(
+    "expression", ["shipment.__class__", "shop.clear", "show.__class__", "show._body_stream"]
+)
+def test_the_sandbox_refuses_internals_of_the_context_and_of_imported_templates(
+    copy_templates: CopyTemplates, expression: str
+) -> None:
+    """The renderer serves plain dict items and the names an imported template exports
+    without the sandbox's per-read checks; everything else (internals, methods that change a
+    dict) still goes through them, so a template cannot reach past its data."""
+    templates = copy_templates()
+    (templates / "en" / "sms" / "shipped.txt").write_text(
+        '{% import "layouts/visibility.jinja" as show with context %}'
+        f"{{{{ show.carrier }}}} {{{{ {expression}() }}}}",
+        encoding="utf-8",
+    )
+    with pytest.raises(RenderError, match=r"^en/sms/shipped\.txt: access to attribute"):
+        Renderer(templates, "en", DEFAULT_SHOP).sms(an_event(locale="en"))
+
+
 def test_a_default_locale_without_templates_is_refused() -> None:
     """Building a renderer whose default locale has no templates raises RenderError."""
     with pytest.raises(RenderError) as caught:
