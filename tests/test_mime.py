@@ -161,3 +161,29 @@ def test_every_line_ends_in_crlf_whatever_line_ends_the_text_has(
         assert part.get_content().replace("\r\n", "\n") == lines + (
             "" if lines.endswith("\n") else "\n"
         )
+
+
+@given(
+    words=st.lists(
+        st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")), min_size=1),
+        max_size=12,
+    ),
+    locale=st.sampled_from(["vi", "ko", "de-CH", "en"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_any_subject_reads_back_the_same_and_no_header_line_is_too_long(
+    words: list[str], locale: str
+) -> None:
+    """Subjects as the renderer makes them (one line, single spaces), in any script: encoded
+    words are cut between characters, and each line of an encoded header stays within
+    RFC 2047's 76 characters."""
+    subject = " ".join(words)
+    wire = MimeBuilder("shop@shop.example", None).build(
+        outgoing(subject=subject, locale=locale), now=NOW
+    )
+    parsed = parse(wire.data)
+    assert str(parsed["Subject"]) == subject
+    assert parsed["Content-Language"] == locale
+    head = wire.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    for line in head.split("\r\n"):
+        assert len(line) <= 76 or "=?" not in line, line
