@@ -28,6 +28,8 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.naive import naive_worker
+from worker.channels.mime import WireMessage
+from worker.channels.smtp import transaction
 
 ENVELOPE_FROM = "no-reply@shop.example"
 ENVELOPE_TO = "customer@mail.example"
@@ -70,16 +72,24 @@ async def kafka_ceiling(bootstrap: str, topic: str, partitions: int, records: in
     return Ceiling("kafka", "records", count, elapsed)
 
 
-async def smtp_ceiling(port: int, connections: int, messages: int, message: bytes) -> Ceiling:
-    """Send ``messages`` copies of ``message`` over ``connections`` open connections."""
+async def smtp_ceiling(
+    port: int, connections: int, messages: int, message: bytes, path: str = "sendmail"
+) -> Ceiling:
+    """Send ``messages`` copies of ``message`` over ``connections`` open connections, with
+    aiosmtplib's ``sendmail`` or (``path="worker"``) the worker's own MAIL/RCPT/DATA
+    transaction, which leaves out sendmail's passes over the message."""
     clients = [
         aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) for _ in range(connections)
     ]
     await asyncio.gather(*(c.connect() for c in clients))
+    mail = WireMessage(ENVELOPE_FROM, (ENVELOPE_TO,), message, "<bench@shop.example>")
 
     async def send(client: aiosmtplib.SMTP, count: int) -> None:
         for _ in range(count):
-            await client.sendmail(ENVELOPE_FROM, [ENVELOPE_TO], message)
+            if path == "worker":
+                await transaction(client, mail)
+            else:
+                await client.sendmail(ENVELOPE_FROM, [ENVELOPE_TO], message)
 
     shares = [messages // connections + (i < messages % connections) for i in range(connections)]
     started = time.perf_counter()
@@ -130,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     smtp.add_argument("--messages", type=int, required=True)
     smtp.add_argument("--message-file", type=Path, required=True)
     smtp.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    smtp.add_argument("--path", choices=("sendmail", "worker"), default="sendmail")
     naive = sub.add_parser("naive")
     naive.add_argument("--topic", required=True)
     naive.add_argument("--records", type=int, required=True)
@@ -146,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         message = args.message_file.read_bytes()
         factory = uvloop.new_event_loop if args.loop == "uvloop" else asyncio.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
-            result = runner.run(smtp_ceiling(args.port, args.connections, args.messages, message))
+            result = runner.run(
+                smtp_ceiling(args.port, args.connections, args.messages, message, args.path)
+            )
     else:
         sent, seconds = asyncio.run(naive_worker(args.topic, args.records))
         result = Ceiling("naive", "notifications", sent, seconds)

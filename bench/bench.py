@@ -14,7 +14,9 @@ and measures:
 2. **baselines**, each as a ratio to (1) in its own unit: raw aiokafka consumption of the same
    records (records/s, Kafka-side ceiling); aiosmtplib sending pre-built messages of the same
    size over as many connections as the worker's pool (emails/s, Python SMTP ceiling), on
-   uvloop like the worker by default, and again on asyncio's own loop;
+   uvloop like the worker by default, again on asyncio's own loop, and once more through the
+   worker's own MAIL/RCPT/DATA path (``worker.channels.smtp.transaction``: without
+   sendmail's passes over the message, so the ceiling of the path the worker takes);
    ``smtp-source`` against the same smtp-sink (emails/s, the machine's SMTP ceiling); the naive
    worker of ``bench/naive.py`` (notifications/s).
 3. **latency hiding**: (1) again with an SMTP sink that answers each message after 100 ms and
@@ -208,6 +210,10 @@ class Bench:
                 "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
                 "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"),
                 "--loop", "asyncio", log_name="aiosmtplib-asyncio")),
+            ("aiosmtplib-worker-path", lambda: self._baseline(
+                "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
+                "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"),
+                "--path", "worker", log_name="aiosmtplib-worker-path")),
             ("smtp-source", lambda: self._smtp_source(pool, emails, message)),
             ("naive", lambda: self._baseline("naive", "--topic", topic, "--records",
                                              str(self.sizes.naive_records))),

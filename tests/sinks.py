@@ -104,7 +104,12 @@ class _SmtpHandler:
 class SmtpSink:
     """An SMTP server on 127.0.0.1 that keeps every message it accepts."""
 
-    def __init__(self, port: int = 0, on_mail: Callable[[ReceivedMail], None] | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        on_mail: Callable[[ReceivedMail], None] | None = None,
+        size_limit: int = 33_554_432,  # octets announced with SIZE; MAIL ... SIZE= above: 552
+    ):
         self.faults = Faults()  # replies to RCPT
         self.data_faults = Faults()  # replies to the message itself
         self.messages: list[ReceivedMail] = []
@@ -118,6 +123,7 @@ class SmtpSink:
             hostname="127.0.0.1",
             port=port or _free_port(),
             server_hostname="sink.local",
+            data_size_limit=size_limit,
         )
 
     @property

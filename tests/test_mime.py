@@ -149,9 +149,8 @@ def test_without_8bitmime_every_part_is_quoted_printable() -> None:
 def test_every_line_ends_in_crlf_whatever_line_ends_the_text_has(
     text: str, eight_bit: bool
 ) -> None:
-    """SMTP forbids a lone CR or LF in DATA and the sender passes our bytes on as they are, so
-    the builder turns every line end of the body (CRLF, LF or a lone CR) into CRLF. The body
-    reads back with its line ends as LF."""
+    """Every line end of a body (CRLF, LF or a lone CR, which SMTP forbids) goes out as CRLF,
+    since the sender passes the bytes on as they are, and reads back as LF."""
     wire = MimeBuilder("shop@shop.example", None).build(
         outgoing(text=text, html=text), now=NOW, eight_bit=eight_bit
     )
@@ -174,9 +173,8 @@ def test_every_line_ends_in_crlf_whatever_line_ends_the_text_has(
 def test_any_subject_reads_back_the_same_and_no_header_line_is_too_long(
     words: list[str], locale: str
 ) -> None:
-    """Subjects as the renderer makes them (one line, single spaces), in any script: encoded
-    words are cut between characters, and each line of an encoded header stays within
-    RFC 2047's 76 characters."""
+    """A subject as the renderer makes it (one line, single spaces), in any script, reads
+    back the same, its encoded words cut between characters in lines of at most 76."""
     subject = " ".join(words)
     wire = MimeBuilder("shop@shop.example", None).build(
         outgoing(subject=subject, locale=locale), now=NOW
@@ -187,3 +185,11 @@ def test_any_subject_reads_back_the_same_and_no_header_line_is_too_long(
     head = wire.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
     for line in head.split("\r\n"):
         assert len(line) <= 76 or "=?" not in line, line
+
+
+def test_a_plain_subject_that_looks_like_an_encoded_word_is_encoded() -> None:
+    """A subject quoting ``=?...?=`` reads back literally instead of being decoded by clients."""
+    subject = "Code =?utf-8?b?SGk=?= inside"
+    wire = MimeBuilder("shop@shop.example", None).build(outgoing(subject=subject), now=NOW)
+    assert subject.encode() not in wire.data
+    assert str(parse(wire.data)["Subject"]) == subject

@@ -19,6 +19,7 @@ from worker.settings import (
     ConfigError,
     DedupSettings,
     EmailSettings,
+    EventLoop,
     KafkaSettings,
     LogFormat,
     LogSettings,
@@ -116,6 +117,7 @@ def test_defaults_without_any_variable(env: SetEnv) -> None:
     assert settings.kafka.retries_topic == "shipment-status.retry"
     assert (settings.retry.max_attempts, settings.retry.base_delay) == (8, 30.0)
     assert settings.app.policy == DEFAULT_POLICY
+    assert settings.app.event_loop is EventLoop.UVLOOP
 
 
 def test_dead_letter_topic_follows_the_topic(env: SetEnv) -> None:
@@ -205,6 +207,7 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("EMAIL_FROM", "nobody"),
         ("EMAIL_FROM", "Shop <a@shop.example>\nBcc: all@example.com"),
         ("DEDUP_URL", "postgres://db/notify"),
+        ("EVENT_LOOP", "trio"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_its_variable(

@@ -4,6 +4,7 @@ picks from the server's extensions, and what the recipient's client decodes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -40,8 +41,8 @@ async def sender(smtp_sink: SmtpSink) -> AsyncIterator[SmtpSender]:
 async def test_the_body_arrives_intact_in_the_encoding_the_server_takes(
     sender: SmtpSender, smtp_sink: SmtpSink, eight_bit_mime: bool
 ) -> None:
-    """With 8BITMIME the parts travel as UTF-8 under BODY=8BITMIME; without it, as
-    quoted-printable ASCII. Either way, lines starting with a dot survive the DATA framing."""
+    """The parts travel as UTF-8 under BODY=8BITMIME when the server takes it, else as
+    quoted-printable ASCII, and lines starting with a dot survive the DATA framing."""
     smtp_sink.eight_bit_mime = eight_bit_mime
     await sender.send(MESSAGE)
     [mail] = await smtp_sink.wait_for(1)
@@ -68,9 +69,8 @@ async def test_the_body_arrives_intact_in_the_encoding_the_server_takes(
 async def test_a_refused_recipient_fails_the_message_by_its_code_and_the_next_one_goes_out(
     sender: SmtpSender, smtp_sink: SmtpSink, reply: str, error: type[Exception]
 ) -> None:
-    """A 5xx to RCPT dead-letters the message, a 4xx retries it; nothing reaches the server's
-    DATA either way, and the next message gets through on a fresh session (one connection
-    in the pool: the refused session was closed and a new one opened)."""
+    """A 5xx to RCPT fails the message for good and a 4xx for a retry, without DATA, and the
+    next message goes out on a fresh session (the pool holds one connection)."""
     smtp_sink.faults.count, smtp_sink.faults.reply = 1, reply
     with pytest.raises(error, match=f"recipient refused: {reply[:3]}"):
         await sender.send(MESSAGE)
@@ -100,3 +100,21 @@ async def test_a_refused_message_body_fails_by_its_code_and_the_next_one_goes_ou
     [mail] = await smtp_sink.wait_for(1)
     assert mail.message["Message-ID"] is not None
     assert smtp_sink.connections == 2
+
+
+async def test_a_message_over_the_servers_size_limit_fails_for_good() -> None:
+    """A server whose SIZE limit the message exceeds answers MAIL with 552: dead-lettered."""
+    sink = SmtpSink(size_limit=2000).start()
+    smtp = SmtpSettings(host="127.0.0.1", port=sink.port, security=SmtpSecurity.NONE)
+    email = EmailSettings.model_validate({"EMAIL_FROM": "Shop <no-reply@shop.example>"})
+    sender = SmtpSender(smtp, email)
+    big = replace(MESSAGE, html="<p>주문</p>\n" * 300)
+    try:
+        with pytest.raises(PermanentDeliveryError, match="SMTP 552"):
+            await sender.send(big)
+        await sender.send(MESSAGE)  # a small one still goes out
+        [mail] = await sink.wait_for(1)
+        assert mail.message["Subject"] == MESSAGE.subject
+    finally:
+        await sender.close()
+        sink.stop()

@@ -11,29 +11,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import MakeTopic, Produce, committed_offsets
 from tests.factories import event, record
 from tests.processes import WorkerProcess
 from tests.sinks import SmsSink, SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTCOMES = {"event_notified", "event_dead_lettered"}
+WATCHED = {"worker_started", "event_notified", "event_dead_lettered"}
 
 
 async def _outcome_lines(stream: asyncio.StreamReader, count: int) -> list[dict[str, Any]]:
-    """Read JSON log lines until ``count`` outcome lines arrived; every line must be JSON."""
+    """Read JSON log lines until ``count`` watched lines arrived; every line must be JSON."""
     outcomes = []
     async with asyncio.timeout(60):
         while len(outcomes) < count:
             line = await stream.readline()
             assert line, "the worker closed its log before the outcomes arrived"
             entry = json.loads(line)
-            if entry["event"] in OUTCOMES:
+            if entry["event"] in WATCHED:
                 outcomes.append(entry)
     return outcomes
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_committing(
+    event_loop: str,
     kafka_bootstrap: str,
     new_topic: MakeTopic,
     produce: Produce,
@@ -41,10 +45,11 @@ async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_comm
     smtp_sink: SmtpSink,
     sms_sink: SmsSink,
 ) -> None:
-    """The worker process logs one JSON outcome line per record with topic, partition, offset
-    and key; on SIGTERM it commits what it finished, closes and exits 0."""
+    """On either event loop (named in its start-up line), the worker process logs one JSON
+    outcome line per record with topic, partition, offset and key, and on SIGTERM commits
+    what it finished, closes and exits 0."""
     topic = await new_topic(partitions=2)
-    env = worker_env(topic, LOG_FORMAT="json")
+    env = worker_env(topic, LOG_FORMAT="json", EVENT_LOOP=event_loop)
     await produce(
         topic,
         [
@@ -64,7 +69,7 @@ async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_comm
     )
     assert process.stderr is not None
     try:
-        outcomes = await _outcome_lines(process.stderr, 3)
+        started, *outcomes = await _outcome_lines(process.stderr, 4)
         await smtp_sink.wait_for(2)
         process.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(process.stderr.read(), 30)
@@ -75,6 +80,7 @@ async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_comm
             await process.wait()
 
     assert code == 0
+    assert (started["event"], started["event_loop"]) == ("worker_started", event_loop)
     seen = {(o["key"], o["event"]) for o in outcomes}
     assert seen == {("A", "event_notified"), ("B", "event_notified"), ("C", "event_dead_lettered")}
     for outcome in outcomes:
