@@ -366,8 +366,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--latency-low-rate", type=float, default=50.0, help="second rate; 0: none")
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--max-in-flight", type=int, default=256, help="MAX_IN_FLIGHT for (1) (4) (5)")
-    p.add_argument("--pool-size", type=int, default=8, help="SMTP_POOL_SIZE for (1) (4) (5)")
+    p.add_argument("--max-in-flight", type=int, default=512, help="MAX_IN_FLIGHT for (1) (4) (5)")
+    p.add_argument("--pool-size", type=int, default=64, help="SMTP_POOL_SIZE for (1) (4) (5)")
     p.add_argument("--delayed-max-in-flight", type=int, default=512)
     p.add_argument("--delayed-pool-size", type=int, default=100)
     p.add_argument("--parts", default="e2e,baselines,delayed,latency,memory,profile,micro,"

@@ -215,7 +215,9 @@ def _later_rows(results: dict[str, Any], row: Any, e2e: dict[str, Any]) -> None:
 def table(data: dict[str, Any]) -> str:
     lines = [f"{'figure':<42} {'value':>14} {'unit':<16} {'target':<24} {'ratio':>7}  ok"]
     for r in data["figures"]:
-        value = f"{r['value']:,.1f}" if isinstance(r["value"], float | int) else str(r["value"])
+        value = str(r["value"])
+        if isinstance(r["value"], float | int):
+            value = f"{r['value']:.2f}" if r["unit"] == "x" else f"{r['value']:,.1f}"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
         ok = {True: "yes", False: "NO", None: ""}[r["ok"]]
         lines.append(
