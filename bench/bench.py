@@ -199,21 +199,26 @@ class Bench:
         (self.workdir / "message.eml").write_bytes(message)
         pool, emails = self.fast.smtp_pool_size, max(expected.emails, 1)
         found: dict[str, Any] = {"message_bytes": len(message)}
+        smtp = (
+            "aiosmtplib",
+            "--port",
+            str(self.smtp_sink.port),
+            "--connections",
+            str(pool),
+            "--messages",
+            str(emails),
+            "--message-file",
+            str(self.workdir / "message.eml"),
+        )
         runs: list[tuple[str, Callable[[], Ceiling]]] = [
             ("kafka", lambda: self._baseline("kafka", "--bootstrap", self.bootstrap, "--topic",
                                              topic, "--partitions", str(self.sizes.partitions),
                                              "--records", str(expected.records))),
-            ("aiosmtplib", lambda: self._baseline(
-                "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
-                "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"))),
+            ("aiosmtplib", lambda: self._baseline(*smtp)),
             ("aiosmtplib-asyncio", lambda: self._baseline(
-                "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
-                "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"),
-                "--loop", "asyncio", log_name="aiosmtplib-asyncio")),
+                *smtp, "--loop", "asyncio", log_name="aiosmtplib-asyncio")),
             ("aiosmtplib-worker-path", lambda: self._baseline(
-                "aiosmtplib", "--port", str(self.smtp_sink.port), "--connections", str(pool),
-                "--messages", str(emails), "--message-file", str(self.workdir / "message.eml"),
-                "--path", "worker", log_name="aiosmtplib-worker-path")),
+                *smtp, "--path", "worker", log_name="aiosmtplib-worker-path")),
             ("smtp-source", lambda: self._smtp_source(pool, emails, message)),
             ("naive", lambda: self._baseline("naive", "--topic", topic, "--records",
                                              str(self.sizes.naive_records))),

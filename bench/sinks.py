@@ -111,13 +111,7 @@ class SmtpSinkProtocol(asyncio.Protocol):
         return True
 
     def _reply(self, reply: bytes, delay: float = 0.0) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if delay > 0:
-            asyncio.get_running_loop().call_later(delay, _write_if_open, transport, reply)
-        else:
-            transport.write(reply)
+        _write(self._transport, reply, delay)
 
 
 class HttpSinkProtocol(asyncio.Protocol):
@@ -165,13 +159,17 @@ class HttpSinkProtocol(asyncio.Protocol):
             b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if delay > 0:
-            asyncio.get_running_loop().call_later(delay, _write_if_open, transport, response)
-        else:
-            transport.write(response)
+        _write(self._transport, response, delay)
+
+
+def _write(transport: asyncio.Transport | None, data: bytes, delay: float) -> None:
+    """Send ``data`` now, or after ``delay`` seconds if the connection is still open then."""
+    if transport is None or transport.is_closing():
+        return
+    if delay > 0:
+        asyncio.get_running_loop().call_later(delay, _write_if_open, transport, data)
+    else:
+        transport.write(data)
 
 
 def _write_if_open(transport: asyncio.Transport, data: bytes) -> None:

@@ -26,13 +26,16 @@ MESSAGE = Outgoing(
 )
 
 
+def sender_to(sink: SmtpSink) -> SmtpSender:
+    """A sender with one pooled connection to ``sink``, no TLS."""
+    smtp = SmtpSettings(host="127.0.0.1", port=sink.port, security=SmtpSecurity.NONE, pool_size=1)
+    email = EmailSettings.model_validate({"EMAIL_FROM": "Shop <no-reply@shop.example>"})
+    return SmtpSender(smtp, email)
+
+
 @pytest.fixture
 async def sender(smtp_sink: SmtpSink) -> AsyncIterator[SmtpSender]:
-    smtp = SmtpSettings(
-        host="127.0.0.1", port=smtp_sink.port, security=SmtpSecurity.NONE, pool_size=1
-    )
-    email = EmailSettings.model_validate({"EMAIL_FROM": "Shop <no-reply@shop.example>"})
-    client = SmtpSender(smtp, email)
+    client = sender_to(smtp_sink)
     yield client
     await client.close()
 
@@ -60,44 +63,32 @@ async def test_the_body_arrives_intact_in_the_encoding_the_server_takes(
 
 
 @pytest.mark.parametrize(
-    ("reply", "error"),
+    ("step", "reply", "error", "says"),
     [
-        ("550 5.1.1 no such user", PermanentDeliveryError),
-        ("451 4.3.0 later", TransientDeliveryError),
+        ("RCPT", "550 5.1.1 no such user", PermanentDeliveryError, "recipient refused: 550"),
+        ("RCPT", "451 4.3.0 later", TransientDeliveryError, "recipient refused: 451"),
+        ("DATA", "554 5.6.0 content rejected", PermanentDeliveryError, "SMTP 554"),
+        ("DATA", "452 4.3.1 full", TransientDeliveryError, "SMTP 452"),
     ],
 )
-async def test_a_refused_recipient_fails_the_message_by_its_code_and_the_next_one_goes_out(
-    sender: SmtpSender, smtp_sink: SmtpSink, reply: str, error: type[Exception]
+async def test_a_refusal_fails_the_message_by_its_code_and_the_next_one_goes_out_fresh(
+    sender: SmtpSender,
+    smtp_sink: SmtpSink,
+    step: str,
+    reply: str,
+    error: type[Exception],
+    says: str,
 ) -> None:
-    """A 5xx to RCPT fails the message for good and a 4xx for a retry, without DATA, and the
-    next message goes out on a fresh session (the pool holds one connection)."""
-    smtp_sink.faults.count, smtp_sink.faults.reply = 1, reply
-    with pytest.raises(error, match=f"recipient refused: {reply[:3]}"):
+    """A 5xx to RCPT or to the message's final dot fails it for good and a 4xx for a retry,
+    and the next message goes out on a fresh session (the pool holds one connection)."""
+    faults = smtp_sink.faults if step == "RCPT" else smtp_sink.data_faults
+    faults.count, faults.reply = 1, reply
+    with pytest.raises(error, match=says):
         await sender.send(MESSAGE)
     assert smtp_sink.messages == []
     await sender.send(MESSAGE)
     [mail] = await smtp_sink.wait_for(1)
     assert mail.rcpt_tos == ["minji@example.com"]
-    assert smtp_sink.connections == 2
-
-
-@pytest.mark.parametrize(
-    ("reply", "error"),
-    [
-        ("554 5.6.0 content rejected", PermanentDeliveryError),
-        ("452 4.3.1 full", TransientDeliveryError),
-    ],
-)
-async def test_a_refused_message_body_fails_by_its_code_and_the_next_one_goes_out(
-    sender: SmtpSender, smtp_sink: SmtpSink, reply: str, error: type[Exception]
-) -> None:
-    """The server's answer to the message's final dot decides: 5xx dead-letters, 4xx retries."""
-    smtp_sink.data_faults.count, smtp_sink.data_faults.reply = 1, reply
-    with pytest.raises(error, match=f"SMTP {reply[:3]}"):
-        await sender.send(MESSAGE)
-    assert smtp_sink.messages == []
-    await sender.send(MESSAGE)
-    [mail] = await smtp_sink.wait_for(1)
     assert mail.message["Message-ID"] is not None
     assert smtp_sink.connections == 2
 
@@ -105,9 +96,7 @@ async def test_a_refused_message_body_fails_by_its_code_and_the_next_one_goes_ou
 async def test_a_message_over_the_servers_size_limit_fails_for_good() -> None:
     """A server whose SIZE limit the message exceeds answers MAIL with 552: dead-lettered."""
     sink = SmtpSink(size_limit=2000).start()
-    smtp = SmtpSettings(host="127.0.0.1", port=sink.port, security=SmtpSecurity.NONE)
-    email = EmailSettings.model_validate({"EMAIL_FROM": "Shop <no-reply@shop.example>"})
-    sender = SmtpSender(smtp, email)
+    sender = sender_to(sink)
     big = replace(MESSAGE, html="<p>주문</p>\n" * 300)
     try:
         with pytest.raises(PermanentDeliveryError, match="SMTP 552"):
