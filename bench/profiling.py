@@ -79,6 +79,9 @@ class Profile:
         }
 
 
+MIN_ATTACHED = 2.0  # seconds
+
+
 class PySpy:
     """``py-spy record`` attached to a pid; raw (collapsed) stacks with thread names."""
 
@@ -112,6 +115,9 @@ class PySpy:
     def detach(self) -> None:
         if self._process is not None:
             self.seconds = time.monotonic() - self._started
+            # py-spy needs a moment to attach and takes no sample of an idle worker: a run
+            # shorter than that (a smoke run, about 0.2 s) would otherwise leave no file
+            time.sleep(max(0.0, MIN_ATTACHED - self.seconds))
             stop(self._process, signal.SIGINT, grace=20)  # py-spy writes its file on SIGINT
             self._process = None
 
