@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -66,6 +67,19 @@ def test_the_message_parses_back_to_every_field() -> None:
     assert b"\n" not in wire.data.replace(b"\r\n", b"")
 
 
+def test_the_date_is_the_current_second_when_no_time_is_given() -> None:
+    """Without ``now`` the Date header (formatted once a second) names the second of the build."""
+    builder = MimeBuilder("shop@shop.example", None)
+    dates = []
+    for _ in range(3):
+        before = int(time.time())
+        date = parse(builder.build(outgoing()).data)["Date"].datetime.timestamp()
+        assert before <= date <= time.time()
+        dates.append(date)
+        time.sleep(0.6)
+    assert dates[0] < dates[-1]
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -73,12 +87,14 @@ def test_the_message_parses_back_to_every_field() -> None:
         {"recipient_name": "Eve\nBcc: victim@evil.example"},
         {"address": "an@example.com\r\nBcc: victim@evil.example"},
         {"address": "a@b.c, victim@evil.example"},
+        {"address": "an\x00@example.com"},  # would also go on the RCPT line as it is
+        {"address": "än@example.com"},  # SMTPUTF8 is not used
     ],
 )
 def test_line_breaks_or_extra_recipients_in_header_values_are_refused(
     fields: dict[str, str],
 ) -> None:
-    """A header value with CR/LF, or an address field naming a second recipient, is never
+    """A header value with CR/LF, or an address that is not one plain ASCII mailbox, is never
     written; the builder refuses it."""
     with pytest.raises(ValueError) as refused:
         MimeBuilder("Shop <no-reply@shop.example>", None).build(outgoing(**fields))

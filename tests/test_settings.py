@@ -206,6 +206,8 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("MAX_IN_FLIGHT", "many"),
         ("EMAIL_FROM", "nobody"),
         ("EMAIL_FROM", "Shop <a@shop.example>\nBcc: all@example.com"),
+        ("EMAIL_FROM", "Shop <bestellung@shöp.example>"),
+        ("EMAIL_REPLY_TO", "häUser@shop.example"),
         ("DEDUP_URL", "postgres://db/notify"),
         ("EVENT_LOOP", "trio"),
     ],

@@ -21,6 +21,8 @@ in a quoted-printable body (``=`` is always encoded there) and is checked for in
 from __future__ import annotations
 
 import binascii
+import functools
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr, parseaddr
@@ -84,8 +86,10 @@ def _encoded_words(value: str, first_line: int) -> str:
 
 
 def _address(name: str | None, address: str) -> str:
+    """A header's mailbox; the address also goes on the MAIL or RCPT line as it is."""
     _one_line(address, "address")
-    if any(c in address for c in '<>,;" ') or address.count("@") != 1:
+    plain = address.isascii() and address.isprintable()
+    if not plain or any(c in address for c in '<>,;" ') or address.count("@") != 1:
         raise ValueError(f"not a single plain address: {address!r}")
     return formataddr((_one_line(name or "", "display name"), address), charset="utf-8")
 
@@ -128,6 +132,13 @@ def _part(subtype: str, text: str, eight_bit: bool, boundary: str) -> tuple[byte
     return head + body, True
 
 
+@functools.lru_cache(maxsize=2)
+def _date(second: int) -> str:
+    """The Date header's value for a POSIX second: formatted once a second, not per message
+    (``format_datetime`` was 2% of the worker's loop time)."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
+
+
 class MimeBuilder:
     def __init__(self, from_: str, reply_to: str | None) -> None:
         name, address = parseaddr(from_)
@@ -148,7 +159,7 @@ class MimeBuilder:
             f"To: {_address(message.recipient_name, message.address)}",
             *([f"Reply-To: {self._reply_to}"] if self._reply_to else []),
             f"Subject: {_encoded(message.subject, 'Subject')}",
-            f"Date: {format_datetime(now or datetime.now(UTC))}",
+            f"Date: {format_datetime(now) if now else _date(int(time.time()))}",
             f"Message-ID: {message_id}",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
