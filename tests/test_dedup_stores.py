@@ -49,10 +49,14 @@ async def test_unknown_event_and_shipment_load_empty(open_fresh: OpenStore) -> N
 
 
 async def test_accept_then_mark_done_is_remembered(open_fresh: OpenStore) -> None:
-    """Accepting records the planned channels and the shipment's newest state; marking a
-    channel done leaves only the other one pending."""
+    """Accepting records the planned channels and the shipment's newest state and claims every
+    channel; marking a channel done leaves only the other one pending."""
     store = await open_fresh()
-    await store.accept("e1", ("email", "sms"), "s1", ShipmentState("shipped", 1000.5))
+    state = ShipmentState("shipped", 1000.5)
+    assert await store.accept("e1", ("email", "sms"), "s1", state, "worker-a/1", 60) == (
+        "email",
+        "sms",
+    )
     await store.mark_done("e1", "email", "sent")
     snapshot = await store.load("e1", "s1")
     assert snapshot.shipment == ShipmentState("shipped", 1000.5)
@@ -63,27 +67,32 @@ async def test_accept_then_mark_done_is_remembered(open_fresh: OpenStore) -> Non
 async def test_a_newer_accept_replaces_the_shipment_state(open_fresh: OpenStore) -> None:
     """The shipment keeps the state of the last accepted event only."""
     store = await open_fresh()
-    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1000.0))
-    await store.accept("e2", (), "s1", ShipmentState("delivered", 2000.0))
+    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1000.0), "w/1", 60)
+    assert await store.accept("e2", (), "s1", ShipmentState("delivered", 2000.0), "w/1", 60) == ()
     snapshot = await store.load("e2", "s1")
     assert snapshot.shipment == ShipmentState("delivered", 2000.0)
     assert snapshot.event == EventRecord((), {})
 
 
 async def test_entries_expire_after_the_ttl(open_fresh: OpenStore) -> None:
-    """After DEDUP_TTL the event and shipment are forgotten."""
+    """After DEDUP_TTL the event and shipment are forgotten, and accepting the event again
+    starts a fresh record."""
     store = await open_fresh(ttl=1)
-    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1000.0))
+    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1000.0), "w/1", 0.5)
+    await store.mark_done("e1", "email", "sent")
     assert (await store.load("e1", "s1")).event is not None
     await asyncio.sleep(1.6)
     assert await store.load("e1", "s1") == Snapshot(event=None, shipment=None)
+    state = ShipmentState("shipped", 1000.0)
+    assert await store.accept("e1", ("email",), "s1", state, "w/1", 60) == ("email",)
+    assert (await store.load("e1", "s1")).event == EventRecord(("email",), {})
 
 
 @pytest.mark.parametrize("store_url", ["sqlite", "redis"], indirect=True)
 async def test_persistent_stores_survive_a_reopen(open_fresh: OpenStore) -> None:
     """What SQLite and Redis remember is still there for a new store on the same data."""
     first = await open_fresh()
-    await first.accept("e1", ("email", "sms"), "s1", ShipmentState("shipped", 1.0))
+    await first.accept("e1", ("email", "sms"), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
     await first.mark_done("e1", "sms", "dead_lettered")
     await first.close()
     second = await open_fresh()
@@ -92,11 +101,31 @@ async def test_persistent_stores_survive_a_reopen(open_fresh: OpenStore) -> None
     assert snapshot.shipment == ShipmentState("shipped", 1.0)
 
 
-async def test_a_claim_is_exclusive_until_its_lease_ends(open_fresh: OpenStore) -> None:
-    """Another worker's live claim is refused with its holder; once the lease ends, it is
-    taken over."""
+async def test_an_event_accepted_meanwhile_keeps_its_record(open_fresh: OpenStore) -> None:
+    """Two workers raced to accept one event (a rebalance): the second accept keeps the
+    first's record and outcomes and claims nothing the first holds or finished."""
     store = await open_fresh()
-    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0))
+    state = ShipmentState("shipped", 1.0)
+    assert await store.accept("e1", ("email", "sms"), "s1", state, "worker-a/1", 60) == (
+        "email",
+        "sms",
+    )
+    await store.mark_done("e1", "email", "sent")
+    assert await store.accept("e1", ("email", "sms"), "s1", state, "worker-b/1", 60) == ()
+    assert (await store.load("e1", "s1")).event == EventRecord(("email", "sms"), {"email": "sent"})
+    assert await store.claim("e1", "sms", "worker-b/1", lease=60) == Claim(
+        False, holder="worker-a/1"
+    )
+
+
+async def test_a_claim_is_exclusive_until_its_lease_ends(open_fresh: OpenStore) -> None:
+    """Another worker's live claim (taken by accept, renewed by claim) is refused with its
+    holder; once the lease ends, it is taken over."""
+    store = await open_fresh()
+    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "worker-a/1", 1)
+    assert await store.claim("e1", "email", "worker-b/1", lease=1) == Claim(
+        False, holder="worker-a/1"
+    )
     assert await store.claim("e1", "email", "worker-a/1", lease=1) == Claim(True)
     assert await store.claim("e1", "email", "worker-b/1", lease=1) == Claim(
         False, holder="worker-a/1"
@@ -109,8 +138,7 @@ async def test_a_restarted_worker_takes_over_its_own_claims_at_once(open_fresh: 
     """A new incarnation of the same worker id takes a claim its crashed predecessor held;
     the holder renews its own claim."""
     store = await open_fresh()
-    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0))
-    assert await store.claim("e1", "sms", "worker-a/old", lease=60) == Claim(True)
+    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0), "worker-a/old", 60)
     assert await store.claim("e1", "sms", "worker-a/old", lease=60) == Claim(True)
     assert await store.claim("e1", "sms", "worker-a/new", lease=60) == Claim(True)
     assert await store.claim("e1", "sms", "worker-b/1", lease=60) == Claim(
@@ -124,8 +152,7 @@ async def test_a_done_channel_answers_its_outcome_and_reopen_forgets_it(
     """After mark_done a claim answers the outcome (and the claim is gone); reopen makes the
     channel claimable again."""
     store = await open_fresh()
-    await store.accept("e1", ("email", "sms"), "s1", ShipmentState("shipped", 1.0))
-    assert await store.claim("e1", "email", "worker-a/1", lease=60) == Claim(True)
+    await store.accept("e1", ("email", "sms"), "s1", ShipmentState("shipped", 1.0), "w-a/1", 60)
     await store.mark_done("e1", "email", "dead_lettered")
     assert await store.claim("e1", "email", "worker-b/1", lease=60) == Claim(
         False, outcome="dead_lettered"
@@ -139,7 +166,7 @@ async def test_a_deferred_channel_stays_claimable_for_its_retry(open_fresh: Open
     """A channel handed to the retry topic is not pending for redeliveries of the event, but
     its retry can still claim it."""
     store = await open_fresh()
-    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0))
+    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0), "worker-b/1", 60)
     await store.mark_done("e1", "sms", "deferred")
     assert (await store.load("e1", "s1")).event.pending == ()  # type: ignore[union-attr]
     assert await store.claim("e1", "sms", "worker-a/1", lease=60) == Claim(True)
@@ -148,8 +175,8 @@ async def test_a_deferred_channel_stays_claimable_for_its_retry(open_fresh: Open
 async def test_the_shipment_state_never_moves_back_in_time(open_fresh: OpenStore) -> None:
     """An older event accepted after a newer one (replicas racing) leaves the newer state."""
     store = await open_fresh()
-    await store.accept("e2", ("email",), "s1", ShipmentState("delivered", 2000.0))
-    await store.accept("e1", ("email",), "s1", ShipmentState("in_transit", 1000.0))
+    await store.accept("e2", ("email",), "s1", ShipmentState("delivered", 2000.0), "w/1", 60)
+    await store.accept("e1", ("email",), "s1", ShipmentState("in_transit", 1000.0), "w/1", 60)
     assert (await store.load("e1", "s1")).shipment == ShipmentState("delivered", 2000.0)
 
 
@@ -164,15 +191,20 @@ async def test_sqlite_writes_are_committed_when_they_return(tmp_path: Path) -> N
     try:
 
         async def one(i: int) -> None:
-            await store.accept(f"e{i}", ("email",), f"s{i}", ShipmentState("shipped", 1.0))
+            state = ShipmentState("shipped", 1.0)
+            claimed = await store.accept(f"e{i}", ("email",), f"s{i}", state, "w/1", 60)
+            assert claimed == ("email",)
             assert other.execute(
                 "SELECT count(*) FROM events WHERE event_id = ?", (f"e{i}",)
             ).fetchone() == (1,)
-            claim = await store.claim(f"e{i}", "email", "w1", 60)
+            assert other.execute(
+                "SELECT owner FROM claims WHERE event_id = ?", (f"e{i}",)
+            ).fetchone() == ("w/1",)
+            claim = await store.claim(f"e{i}", "email", "w/2", 60)  # a restarted w takes over
             assert claim.granted
             assert other.execute(
                 "SELECT owner FROM claims WHERE event_id = ?", (f"e{i}",)
-            ).fetchone() == ("w1",)
+            ).fetchone() == ("w/2",)
             await store.mark_done(f"e{i}", "email", "sent")
             assert other.execute(
                 "SELECT done FROM events WHERE event_id = ?", (f"e{i}",)

@@ -302,7 +302,7 @@ async def test_a_redelivered_event_sends_only_the_channels_not_yet_done(
     env = worker_env(topic)
     store = open_store(env["DEDUP_URL"], 3600)
     state = ShipmentState("shipped", datetime(2026, 11, 21, 8, 15, tzinfo=UTC).timestamp())
-    await store.accept("e1", ("email", "sms"), "SHP-1", state)
+    await store.accept("e1", ("email", "sms"), "SHP-1", state, "crashed/1", lease=0)
     await store.mark_done("e1", "email", "sent")
     await store.close()
     await produce(topic, [record(event("e1", "shipped"))])

@@ -1,7 +1,8 @@
 """One notification on one channel, from claim to recorded outcome.
 
-    claim (wait while another live worker holds it) -> render -> send, retrying a transient
-    failure a few times in process -> record the outcome and release the claim:
+    claim (taken with the event's acceptance, or here, waiting while another live worker
+    holds it) -> render -> send, retrying a transient failure a few times in process ->
+    record the outcome and release the claim:
       sent            the provider accepted it
       deferred        still failing: handed to the retry topic with a due time
       dead_lettered   permanent failure, or retries exhausted: on the dead-letter topic
@@ -85,8 +86,8 @@ class Courier:
         self._retries = retries
         self._in_process = in_process
         self._limits = limits
-        self._owner = owner
-        self._lease = lease
+        self.owner = owner
+        self.lease = lease
         self._clock = clock
 
     async def deliver(
@@ -95,11 +96,14 @@ class Courier:
         envelope: Envelope,
         delivery: Delivery,
         retry: RetryState | None = None,
+        *,
+        claimed: bool = False,
     ) -> str:
-        """Deliver one channel and return its recorded outcome."""
+        """Deliver one channel and return its recorded outcome. ``claimed``: this worker
+        already holds the channel's claim (``DedupStore.accept`` took it)."""
         channel = delivery.channel
         to = mask_email(delivery.address) if channel == "email" else mask_phone(delivery.address)
-        done = await self._claim(event.event_id, channel)
+        done = None if claimed else await self._claim(event.event_id, channel)
         if done is not None:
             log.info("notification_already_done", channel=channel, outcome=done)
             return done
@@ -120,7 +124,7 @@ class Courier:
         live worker holds it, wait: it finishes, or its lease ends."""
         waited = False
         while True:
-            claim = await self._store.claim(event_id, channel, self._owner, self._lease)
+            claim = await self._store.claim(event_id, channel, self.owner, self.lease)
             if claim.granted:
                 return None
             if claim.outcome is not None:
@@ -128,7 +132,7 @@ class Courier:
             if not waited:
                 log.info("notification_claim_busy", channel=channel, holder=claim.holder)
                 waited = True
-            await asyncio.sleep(min(1.0, self._lease / 4))
+            await asyncio.sleep(min(1.0, self.lease / 4))
 
     def _compose(self, event: Event, delivery: Delivery) -> Outgoing:
         try:
@@ -171,7 +175,7 @@ class Courier:
                 )
                 await asyncio.sleep(delay)
                 # a slow provider must not let the claim lapse while we still own the send
-                await self._store.claim(message.event_id, message.channel, self._owner, self._lease)
+                await self._store.claim(message.event_id, message.channel, self.owner, self.lease)
 
     async def _defer(
         self,

@@ -2,8 +2,9 @@
 
 Every record ends in exactly one ``Outcome`` (notified, retrying, skipped by a named rule, or
 dead-lettered with a reason) and one summary log line. The event is accepted in the store
-before anything is sent; each channel then records its own outcome (``delivery.Courier``), so
-a record redelivered after a crash sends exactly the channels that have none.
+before anything is sent, in the same step that claims its channels; each channel then records
+its own outcome (``delivery.Courier``), so a record redelivered after a crash sends exactly the
+channels that have none.
 
 Main-topic records go through ``process``; retry-topic records through ``process_retry``,
 which first drops a notification whose shipment has moved on (never send a status late).
@@ -113,12 +114,17 @@ class Pipeline:
             return Outcome("skipped", rule)
         deliveries = self._plan(event, log_skips=True)
         state = ShipmentState(event.status, event.occurred_at.timestamp())
-        await self._store.accept(
-            event.event_id, tuple(d.channel for d in deliveries), event.shipment.id, state
+        claimed = await self._store.accept(
+            event.event_id,
+            tuple(d.channel for d in deliveries),
+            event.shipment.id,
+            state,
+            self._courier.owner,
+            self._courier.lease,
         )
         if not deliveries:
             return Outcome("skipped", "no_channel")
-        return await self._deliver(event, envelope, deliveries)
+        return await self._deliver(event, envelope, deliveries, claimed)
 
     async def _resume(
         self,
@@ -179,10 +185,18 @@ class Pipeline:
         return list(decided.deliveries)
 
     async def _deliver(
-        self, event: Event, envelope: Envelope, deliveries: list[Delivery]
+        self,
+        event: Event,
+        envelope: Envelope,
+        deliveries: list[Delivery],
+        claimed: tuple[str, ...] = (),
     ) -> Outcome:
+        """Each channel concurrently; ``claimed``: the channels whose claim ``accept`` took."""
         results = await asyncio.gather(
-            *(self._courier.deliver(event, envelope, d) for d in deliveries)
+            *(
+                self._courier.deliver(event, envelope, d, claimed=d.channel in claimed)
+                for d in deliveries
+            )
         )
         return _summarize([(d.channel, r) for d, r in zip(deliveries, results, strict=True)])
 

@@ -32,15 +32,28 @@ class MemoryStore:
         )
 
     async def accept(
-        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
-    ) -> None:
-        expires = time.time() + self._ttl
-        self._events[event_id] = (expires, EventRecord(channels))
+        self,
+        event_id: str,
+        channels: tuple[str, ...],
+        shipment_id: str,
+        state: ShipmentState,
+        owner: str,
+        lease: float,
+    ) -> tuple[str, ...]:
+        now = time.time()
+        expires = now + self._ttl
+        stored = self._events.get(event_id)
+        if stored is None or stored[0] <= now:
+            self._events[event_id] = (expires, EventRecord(channels))
         known = self._shipments.get(shipment_id)
-        if known is None or known[0] <= time.time() or known[1].occurred_at <= state.occurred_at:
+        if known is None or known[0] <= now or known[1].occurred_at <= state.occurred_at:
             self._shipments[shipment_id] = (expires, state)  # only forward in time
+        return tuple(c for c in channels if self._claim(event_id, c, owner, lease).granted)
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        return self._claim(event_id, channel, owner, lease)
+
+    def _claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         now = time.time()
         event = self._events.get(event_id)
         outcome = event[1].done.get(channel) if event else None

@@ -2,10 +2,10 @@
 
 Keys: ``<prefix>evt:<event_id>`` (hash: ``channels`` and ``done:<channel>``),
 ``<prefix>shp:<shipment_id>`` (hash: ``status``, ``occurred_at``), each with the TTL, and
-``<prefix>claim:<event_id>:<channel>`` (the owner, expiring with the lease). ``accept`` writes
-``accept``, ``claim`` and ``mark_done`` are Lua scripts, so each check-and-write (the
-shipment state only moving forward; the outcome, the holder and the claim) is one atomic step
-across replicas.
+``<prefix>claim:<event_id>:<channel>`` (the owner, expiring with the lease). ``accept``,
+``claim`` and ``mark_done`` are Lua scripts, so each check-and-write (the event record kept
+once stored; the shipment state only moving forward; the outcome, the holder and the claim)
+is one atomic step across replicas.
 """
 
 from __future__ import annotations
@@ -16,32 +16,50 @@ import redis.asyncio as aioredis
 
 from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot
 
-# KEYS: event hash, claim key. ARGV: channel, owner, lease ms.
+# One channel's claim, as ``claim`` and ``accept`` take it.
 # Returns {"done", outcome} | {"busy", holder} | {"granted"}.
-_CLAIM = """
-local outcome = redis.call('HGET', KEYS[1], 'done:' .. ARGV[1])
-if outcome and outcome ~= 'deferred' then return {'done', outcome} end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] then
-  local worker = string.match(ARGV[2], '^[^/]*')
-  if string.match(holder, '^[^/]*') ~= worker then return {'busy', holder} end
+_CLAIM_FUNCTION = """
+local function claim(event_key, claim_key, channel, owner, lease_ms)
+  local outcome = redis.call('HGET', event_key, 'done:' .. channel)
+  if outcome and outcome ~= 'deferred' then return {'done', outcome} end
+  local holder = redis.call('GET', claim_key)
+  if holder and holder ~= owner then
+    local worker = string.match(owner, '^[^/]*')
+    if string.match(holder, '^[^/]*') ~= worker then return {'busy', holder} end
+  end
+  redis.call('SET', claim_key, owner, 'PX', lease_ms)
+  return {'granted'}
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return {'granted'}
 """
-# KEYS: event hash, shipment hash. ARGV: channels JSON, status, occurred_at, ttl seconds.
-# The shipment's state only moves forward in time, whatever order replicas write in.
-_ACCEPT = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'channels', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+# KEYS: event hash, claim key. ARGV: channel, owner, lease ms.
+_CLAIM = _CLAIM_FUNCTION + "return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
+# KEYS: event hash, shipment hash, one claim key per channel. ARGV: channels JSON, status,
+# occurred_at, ttl seconds, owner, lease ms, then the channels in the claim keys' order.
+# A stored event record stays (another replica accepted the event meanwhile). The shipment's
+# state only moves forward in time, whatever order replicas write in. Returns the channels
+# claimed.
+_ACCEPT = (
+    _CLAIM_FUNCTION
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'channels', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
 local newest = redis.call('HGET', KEYS[2], 'occurred_at')
 if (not newest) or tonumber(newest) <= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[2], 'status', ARGV[2], 'occurred_at', ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
-return 1
+local claimed = {}
+for i = 3, #KEYS do
+  local channel = ARGV[i + 4]
+  if claim(KEYS[1], KEYS[i], channel, ARGV[5], ARGV[6])[1] == 'granted' then
+    table.insert(claimed, channel)
+  end
+end
+return claimed
 """
+)
 # KEYS: event hash, claim key. ARGV: channel, outcome.
 _MARK_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -84,23 +102,36 @@ class RedisStore:
         )
 
     async def accept(
-        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
-    ) -> None:
-        keys = [self._event_key(event_id), self._shipment_key(shipment_id)]
+        self,
+        event_id: str,
+        channels: tuple[str, ...],
+        shipment_id: str,
+        state: ShipmentState,
+        owner: str,
+        lease: float,
+    ) -> tuple[str, ...]:
+        keys = [
+            self._event_key(event_id),
+            self._shipment_key(shipment_id),
+            *(self._claim_key(event_id, c) for c in channels),
+        ]
         args: list[str | int] = [
             json.dumps(list(channels)),
             state.status,
             repr(state.occurred_at),
             self._ttl,
+            owner,
+            _lease_ms(lease),
+            *channels,
         ]
-        await self._accept_script(keys=keys, args=args)
+        return tuple(await self._accept_script(keys=keys, args=args))
 
     def _claim_key(self, event_id: str, channel: str) -> str:
         return f"{self._prefix}claim:{event_id}:{channel}"
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         keys = [self._event_key(event_id), self._claim_key(event_id, channel)]
-        answer = await self._claim_script(keys=keys, args=[channel, owner, int(lease * 1000)])
+        answer = await self._claim_script(keys=keys, args=[channel, owner, _lease_ms(lease)])
         if answer[0] == "done":
             return Claim(False, outcome=answer[1])
         if answer[0] == "busy":
@@ -116,6 +147,10 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _lease_ms(lease: float) -> int:
+    return max(1, int(lease * 1000))  # SET's PX takes a positive integer
 
 
 def _event_record(fields: dict[str, str]) -> EventRecord:

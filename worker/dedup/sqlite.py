@@ -89,20 +89,29 @@ class SqliteStore:
         )
 
     async def accept(
-        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
-    ) -> None:
+        self,
+        event_id: str,
+        channels: tuple[str, ...],
+        shipment_id: str,
+        state: ShipmentState,
+        owner: str,
+        lease: float,
+    ) -> tuple[str, ...]:
         self._accept(event_id, channels, shipment_id, state)
+        claimed = tuple(c for c in channels if self._claim(event_id, c, owner, lease).granted)
         await self._committed()
+        return claimed
 
     def _accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
     ) -> None:
         now = time.time()
         expires = now + self._ttl
-        self._db.execute(
-            "INSERT OR REPLACE INTO events (event_id, channels, done, expires_at)"
-            " VALUES (?, ?, '{}', ?)",
-            (event_id, json.dumps(list(channels)), expires),
+        self._db.execute(  # a stored record stays, unless it has expired
+            "INSERT INTO events (event_id, channels, done, expires_at) VALUES (?, ?, '{}', ?)"
+            " ON CONFLICT (event_id) DO UPDATE SET channels = excluded.channels, done = '{}',"
+            " expires_at = excluded.expires_at WHERE events.expires_at <= ?",
+            (event_id, json.dumps(list(channels)), expires, now),
         )
         self._db.execute(  # the state only moves forward in time
             "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"

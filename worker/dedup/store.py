@@ -58,14 +58,25 @@ class Snapshot:
 
 
 class DedupStore(Protocol):
+    """What the pipeline needs remembered; ``tests/test_dedup_stores.py`` holds every store
+    to it."""
+
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
         """What is remembered about this event and its shipment (expired entries are gone)."""
 
     async def accept(
-        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
-    ) -> None:
-        """Remember the event as accepted for ``channels`` and make ``state`` the shipment's
-        newest unless a newer one is already stored, in one atomic step."""
+        self,
+        event_id: str,
+        channels: tuple[str, ...],
+        shipment_id: str,
+        state: ShipmentState,
+        owner: str,
+        lease: float,
+    ) -> tuple[str, ...]:
+        """In one atomic step: remember the event as accepted for ``channels`` (unless a
+        record of it is already stored: another worker accepted it meanwhile, and its outcomes
+        stand); make ``state`` the shipment's newest unless a newer one is stored; and
+        ``claim`` each channel for ``owner``. Returns the channels whose claim was granted."""
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         """Take (or renew) the right to send ``channel`` of ``event_id`` for ``lease`` seconds."""
