@@ -4,7 +4,9 @@ Layout: ``templates/<locale>/email/<status>.{subject.txt,txt,html}`` and
 ``templates/<locale>/sms/<status>.txt``, each extending the locale's ``_layout`` and, for HTML,
 the shared ``layouts/email.html``. The environment is sandboxed with ``StrictUndefined``
 (a missing name is an error, not an empty string) and autoescapes ``.html`` only.
-Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale.
+Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale. ``layouts/visibility.jinja``
+(which optional facts a status shows) runs once per email and reaches both email bodies as
+``show``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from jinja2.environment import TemplateModule
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from worker.events import Event, Shop
+
+VISIBILITY = "layouts/visibility.jinja"
 
 
 class RenderError(Exception):
@@ -85,6 +89,8 @@ class Renderer:
             )
         self.default_locale = default_locale
         self._default_shop = default_shop
+        # the last event's context: an event's email and SMS are composed one after the other
+        self._last: tuple[Event, str, dict[str, Any]] | None = None
 
     def locale_for(self, requested: str | None) -> str:
         """The template locale for a customer's BCP 47 tag."""
@@ -97,6 +103,10 @@ class Renderer:
 
     def email(self, event: Event) -> RenderedEmail:
         locale, context = self._context(event)
+        try:  # once for both bodies: importing it in each layout made it twice per email
+            context = {**context, "show": self._env.get_template(VISIBILITY).make_module(context)}
+        except TemplateError as exc:
+            raise RenderError(f"{VISIBILITY}: {exc}") from exc
         base = f"{locale}/email/{event.status}"
         return RenderedEmail(
             subject=_one_line(self._render(f"{base}.subject.txt", context)),
@@ -115,11 +125,14 @@ class Renderer:
             raise RenderError(f"{name}: {exc}") from exc
 
     def _context(self, event: Event) -> tuple[str, dict[str, Any]]:
+        """The names templates see (never changed after it is made: renders share it)."""
+        if self._last is not None and self._last[0] is event:
+            return self._last[1], self._last[2]
         locale = self.locale_for(event.customer.locale)
         formats = _babel_locale(event.customer.locale, locale)
         shop = event.shop
         eta = event.shipment.estimated_delivery
-        return locale, {
+        context = {
             "locale": locale,
             "status": event.status,
             "event_id": event.event_id,
@@ -135,6 +148,8 @@ class Renderer:
             "eta": _format_day(eta, formats) if eta else None,
             "occurred_at": _format_moment(event.occurred_at, formats),
         }
+        self._last = (event, locale, context)
+        return locale, context
 
 
 @functools.lru_cache(maxsize=256)
