@@ -152,10 +152,9 @@ def decode_costs(records: list[bytes], events: list[Event]) -> dict[str, float]:
 
 def log_costs(settings: Any) -> dict[str, float]:
     """One INFO line with the pipeline's usual context, to a throw-away stream."""
-    import structlog
 
     def one_line() -> None:
-        structlog.contextvars.bind_contextvars(topic="t", partition=0, offset=1, event_id="e")
+        logs.new_context(topic="t", partition=0, offset=1, event_id="e")
         logs.get_logger("bench").info("notification_sent", channel="email", to="c***@mail.example")
 
     costs = {}
@@ -179,7 +178,7 @@ def _configure_through_stdlib_logging(settings: Any) -> None:
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            structlog.contextvars.merge_contextvars,
+            logs.merge_context,
             logs.redact_contacts,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,

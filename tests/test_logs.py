@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from worker.logs import mask_email, mask_phone
+from worker.logs import bind, get_logger, mask_email, mask_phone, merge_context, new_context
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,3 +105,35 @@ def test_json_logs_are_one_object_per_line_on_stderr() -> None:
     )
     assert '"Cửa hàng Sen"' in lines[0]
     assert "\\u" not in stderr
+
+
+async def test_lines_carry_the_record_context_of_their_task() -> None:
+    """Lines carry what their task bound (their own keys win); a sibling task, a task started
+    before the bind, and a new record context do not see it."""
+    log = get_logger("worker.pipeline")
+
+    async def line(event: str, **values: str) -> None:
+        log.info(event, **values)
+
+    async def record(name: str) -> None:
+        new_context(topic="shipments", offset=name)
+        started_before = asyncio.create_task(line("early"))
+        bind(event_id=f"e-{name}")
+        await started_before
+        await asyncio.gather(line("sent", offset="own"))
+        new_context()
+        log.info("next_record")
+
+    with capture_logs(processors=[merge_context]) as lines:
+        await asyncio.gather(record("1"), record("2"))
+    seen = sorted(
+        tuple(line.get(k) for k in ("event", "topic", "event_id", "offset")) for line in lines
+    )
+    assert seen == [
+        ("early", "shipments", None, "1"),
+        ("early", "shipments", None, "2"),
+        ("next_record", None, None, None),
+        ("next_record", None, None, None),
+        ("sent", "shipments", "e-1", "own"),
+        ("sent", "shipments", "e-2", "own"),
+    ]

@@ -16,13 +16,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from tests.conftest import SMS_SID, MakeTopic, Produce, committed_offsets, read_topic
 from tests.factories import event, record
 from tests.sinks import SmsSink, SmtpSink
 from worker.dedup import ShipmentState, open_store
+from worker.logs import merge_context
 
 ROOT = Path(__file__).resolve().parent.parent
 Env = Callable[..., dict[str, str]]
@@ -654,8 +654,7 @@ async def test_logs_mask_contacts_and_carry_event_context(
 ) -> None:
     """Outcome lines name the event, shipment, status, channel and locale; no full address,
     phone number or body appears in any log line."""
-    structlog.contextvars.clear_contextvars()
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_context]) as logs:
         await deliver(
             kafka_bootstrap, new_topic, produce, worker_env, run_worker, [event("e1", "shipped")]
         )

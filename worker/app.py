@@ -9,8 +9,7 @@ import signal
 import uuid
 from contextlib import AsyncExitStack
 
-import structlog
-
+from worker import logs
 from worker.channels import Sender
 from worker.channels.sms import TwilioSender, WebhookSender, http_session
 from worker.channels.smtp import SmtpSender
@@ -178,7 +177,7 @@ def _envelope(record: Record) -> Envelope:
 
 
 async def _process(pipeline: Pipeline, retry_topic: str, record: Record) -> None:
-    structlog.contextvars.clear_contextvars()
+    logs.new_context()
     envelope = _envelope(record)
     if record.topic == retry_topic:
         await pipeline.process_retry(envelope)

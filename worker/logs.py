@@ -7,6 +7,9 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -36,7 +39,7 @@ def configure(settings: LogSettings) -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        merge_context,
         redact_contacts,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -79,6 +82,33 @@ def _json_line(event: dict[str, Any], **options: Any) -> str:
         return orjson.dumps(event, default=fallback, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
         return json.dumps(event, default=fallback, ensure_ascii=False)
+
+
+# The record being handled, for every line logged while handling it: one variable holding one
+# dict, where structlog's contextvars keep a variable per key and scan the whole context for
+# them on every line (bind, clear and merge were 4% of the worker's loop time).
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar(
+    "worker_log_context", default=MappingProxyType({})
+)
+
+
+def new_context(**values: Any) -> None:
+    """Lines logged from here on in this task, and in the tasks it starts, carry ``values``
+    (and nothing bound before)."""
+    _CONTEXT.set(values)
+
+
+def bind(**values: Any) -> None:
+    """Add ``values`` to this task's log context (a new dict: tasks started earlier, which
+    share the old one, do not see them)."""
+    _CONTEXT.set({**_CONTEXT.get(), **values})
+
+
+def merge_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: the context's keys, unless the call names them itself."""
+    for key, value in _CONTEXT.get().items():
+        event.setdefault(key, value)
+    return event
 
 
 def get_logger(name: str) -> Logger:

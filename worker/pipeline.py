@@ -17,8 +17,6 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import structlog
-
 from worker import retry
 from worker.dedup import DedupStore, ShipmentState
 from worker.dedup.rules import skip_reason
@@ -26,7 +24,7 @@ from worker.dedup.store import EventRecord
 from worker.delivery import DEAD_LETTERED, DEFERRED, SENT, STALE, Courier, DeadLetters
 from worker.envelope import REPLAYED_FROM, Envelope
 from worker.events import Event, InvalidEvent, decode
-from worker.logs import get_logger
+from worker.logs import bind, get_logger
 from worker.policy import Delivery, plan
 
 log = get_logger(__name__)
@@ -77,13 +75,13 @@ class Pipeline:
         event = await self._decoded(envelope)
         if isinstance(event, Outcome):
             return event
-        structlog.contextvars.bind_contextvars(channel=state.channel, attempt=state.attempt)
+        bind(channel=state.channel, attempt=state.attempt)
         outcome = await self._retry(event, envelope, state)
         _log_outcome(outcome)
         return outcome
 
     async def _decoded(self, envelope: Envelope) -> Event | Outcome:
-        structlog.contextvars.bind_contextvars(
+        bind(
             topic=envelope.topic,
             partition=envelope.partition,
             offset=envelope.offset,
@@ -92,7 +90,7 @@ class Pipeline:
         decoded = decode(envelope.value)
         if isinstance(decoded, InvalidEvent):
             return await self._reject(envelope, decoded.kind, decoded.message)
-        structlog.contextvars.bind_contextvars(
+        bind(
             event_id=decoded.event_id,
             shipment_id=decoded.shipment.id,
             status=decoded.status,
