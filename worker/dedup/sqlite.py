@@ -29,7 +29,7 @@ from worker.dedup.store import (
     EventRecord,
     ShipmentState,
     Snapshot,
-    may_take_over,
+    worker_of,
 )
 
 PURGE_EVERY = 3600.0
@@ -97,22 +97,25 @@ class SqliteStore:
         owner: str,
         lease: float,
     ) -> tuple[str, ...]:
-        self._accept(event_id, channels, shipment_id, state)
-        claimed = tuple(c for c in channels if self._claim(event_id, c, owner, lease).granted)
+        fresh = self._accept(event_id, channels, shipment_id, state)
+        claimed = tuple(
+            c for c in channels if self._claim(event_id, c, owner, lease, fresh=fresh).granted
+        )
         await self._committed()
         return claimed
 
     def _accept(
         self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
-    ) -> None:
+    ) -> bool:
+        """Whether the event's record was written anew (no channel has an outcome yet)."""
         now = time.time()
         expires = now + self._ttl
-        self._db.execute(  # a stored record stays, unless it has expired
+        written = self._db.execute(  # a stored record stays, unless it has expired
             "INSERT INTO events (event_id, channels, done, expires_at) VALUES (?, ?, '{}', ?)"
             " ON CONFLICT (event_id) DO UPDATE SET channels = excluded.channels, done = '{}',"
             " expires_at = excluded.expires_at WHERE events.expires_at <= ?",
             (event_id, json.dumps(list(channels)), expires, now),
-        )
+        ).rowcount
         self._db.execute(  # the state only moves forward in time
             "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (shipment_id) DO UPDATE SET"
@@ -122,6 +125,7 @@ class SqliteStore:
             " OR shipments.expires_at <= ?",
             (shipment_id, state.status, state.occurred_at, expires, now),
         )
+        return written == 1
 
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
         self._mark_done(event_id, channel, outcome)
@@ -142,26 +146,31 @@ class SqliteStore:
             await self._committed()
         return claim
 
-    def _claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+    def _claim(
+        self, event_id: str, channel: str, owner: str, lease: float, *, fresh: bool = False
+    ) -> Claim:
+        """``fresh``: the event's record was just written, so no channel has an outcome."""
         now = time.time()
-        done = self._db.execute(
-            "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
-            (channel, event_id),
+        if not fresh:
+            done = self._db.execute(
+                "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
+                (channel, event_id),
+            ).fetchone()
+            if done and done[0] and done[0] not in CLAIMABLE_OUTCOMES:
+                return Claim(False, outcome=done[0])
+        taken = self._db.execute(  # unless a live claim of another worker id stands
+            "INSERT INTO claims (event_id, channel, owner, expires_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (event_id, channel) DO UPDATE SET owner = excluded.owner,"
+            " expires_at = excluded.expires_at WHERE claims.expires_at <= ?"
+            " OR substr(claims.owner, 1, instr(claims.owner || '/', '/') - 1) = ?",
+            (event_id, channel, owner, now + lease, now, worker_of(owner)),
+        ).rowcount
+        if taken == 1:
+            return Claim(True)
+        (holder,) = self._db.execute(
+            "SELECT owner FROM claims WHERE event_id = ? AND channel = ?", (event_id, channel)
         ).fetchone()
-        if done and done[0] and done[0] not in CLAIMABLE_OUTCOMES:
-            return Claim(False, outcome=done[0])
-        held = self._db.execute(
-            "SELECT owner FROM claims WHERE event_id = ? AND channel = ? AND expires_at > ?",
-            (event_id, channel, now),
-        ).fetchone()
-        if held and not may_take_over(held[0], owner):
-            return Claim(False, holder=held[0])
-        self._db.execute(
-            "INSERT OR REPLACE INTO claims (event_id, channel, owner, expires_at)"
-            " VALUES (?, ?, ?, ?)",
-            (event_id, channel, owner, now + lease),
-        )
-        return Claim(True)
+        return Claim(False, holder=holder)
 
     async def reopen(self, event_id: str, channel: str) -> None:
         self._reopen(event_id, channel)

@@ -48,7 +48,12 @@ CLAIMABLE_OUTCOMES = frozenset({"deferred"})
 def may_take_over(holder: str, owner: str) -> bool:
     """Owners are ``<worker id>/<incarnation>``; a worker id runs once at a time, so a claim of
     an older incarnation of the same worker id was left by a process that is gone."""
-    return holder.split("/", 1)[0] == owner.split("/", 1)[0]
+    return worker_of(holder) == worker_of(owner)
+
+
+def worker_of(owner: str) -> str:
+    """The worker id of an owner ``<worker id>/<incarnation>``."""
+    return owner.split("/", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
