@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -52,6 +53,12 @@ class _Environment(ImmutableSandboxedEnvironment):
     has none. The names an imported template exports (``show.carrier`` of
     ``layouts/visibility.jinja``) are served directly too, which makes an email's render about
     15% cheaper. Everything else goes through the sandbox's checks."""
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as one plain dict instead of Jinja's ``ChainMap`` over the
+        environment's: every render copies them into its context, and iterating a ChainMap
+        was a tenth of a render. The environment's globals never change after start-up."""
+        return {**self.globals, **(d or {})}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict and attribute in obj:
