@@ -15,7 +15,7 @@ import functools
 import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -188,15 +188,27 @@ _DEFAULT_MOMENT = ("long", ", ", "HH:mm", False)
 
 
 def _format_day(day: date, locale: Locale) -> str:
-    return format_date(day, _DAY.get(locale.language, "full"), locale=locale)
+    return _formatted_day(day, _DAY.get(locale.language, "full"), locale)
 
 
 def _format_moment(at: datetime, locale: Locale) -> str:
     """The producer's local time of an event, as people of ``locale`` write it."""
     day_pattern, joiner, clock_pattern, clock_first = _MOMENT.get(locale.language, _DEFAULT_MOMENT)
-    day = format_date(at.date(), day_pattern, locale=locale)
-    clock = format_time(at.timetz(), clock_pattern, locale=locale)
+    day = _formatted_day(at.date(), day_pattern, locale)
+    clock = _formatted_clock(at.hour, at.minute, clock_pattern, locale)
     return f"{clock}{joiner}{day}" if clock_first else f"{day}{joiner}{clock}"
+
+
+# Babel takes about 4 us a date or time; events name few distinct days and minutes, so each
+# is formatted once. The clock patterns above use only the hour and minute.
+@functools.lru_cache(maxsize=4096)
+def _formatted_day(day: date, pattern: str, locale: Locale) -> str:
+    return format_date(day, pattern, locale=locale)
+
+
+@functools.lru_cache(maxsize=4096)
+def _formatted_clock(hour: int, minute: int, pattern: str, locale: Locale) -> str:
+    return format_time(time(hour, minute), pattern, locale=locale)
 
 
 def _one_line(text: str) -> str:
