@@ -17,6 +17,7 @@ from tests.conftest import MakeTopic, Produce, committed_offsets
 from tests.factories import event, record
 from tests.processes import WorkerProcess
 from tests.sinks import SmsSink, SmtpSink
+from worker.cli import GC_YOUNG_THRESHOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 WATCHED = {"worker_started", "event_notified", "event_dead_lettered"}
@@ -81,6 +82,7 @@ async def test_worker_logs_each_record_as_json_and_exits_0_on_sigterm_after_comm
 
     assert code == 0
     assert (started["event"], started["event_loop"]) == ("worker_started", event_loop)
+    assert started["gc_thresholds"] == [GC_YOUNG_THRESHOLD, 10, 10]
     seen = {(o["key"], o["event"]) for o in outcomes}
     assert seen == {("A", "event_notified"), ("B", "event_notified"), ("C", "event_dead_lettered")}
     for outcome in outcomes:

@@ -4,6 +4,7 @@ reverse order. Signal handlers only ask the consumer to stop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import uuid
@@ -160,6 +161,7 @@ async def run(
             channels=sorted(senders),
             dedup=settings.dedup_url.split(":", 1)[0],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            gc_thresholds=list(gc.get_threshold()),
         )
         await consumer.run()
     log.info("worker_stopped")
