@@ -190,12 +190,12 @@ class Pipeline:
         claimed: tuple[str, ...] = (),
     ) -> Outcome:
         """Each channel concurrently; ``claimed``: the channels whose claim ``accept`` took."""
-        results = await asyncio.gather(
-            *(
-                self._courier.deliver(event, envelope, d, claimed=d.channel in claimed)
-                for d in deliveries
-            )
-        )
+        sends = [
+            self._courier.deliver(event, envelope, d, claimed=d.channel in claimed)
+            for d in deliveries
+        ]
+        # one channel runs in this task: no task of its own to create and schedule
+        results = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
         return _summarize([(d.channel, r) for d, r in zip(deliveries, results, strict=True)])
 
 
