@@ -112,7 +112,9 @@ class Bench:
         self.workdir = workdir
         self.stack = stack
         self.fast = Tuning(args.max_in_flight, args.pool_size)
-        self.delayed_tuning = Tuning(args.delayed_max_in_flight, args.delayed_pool_size)
+        self.delayed_tuning = Tuning(
+            args.delayed_max_in_flight, args.delayed_pool_size, args.delayed_sms_pool_size
+        )
         self.results: dict[str, Any] = {}
         self.failures: dict[str, str] = {}
         self._topics: dict[int, tuple[str, Expected]] = {}
@@ -373,8 +375,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--max-in-flight", type=int, default=512, help="MAX_IN_FLIGHT for (1) (4) (5)")
     p.add_argument("--pool-size", type=int, default=64, help="SMTP_POOL_SIZE for (1) (4) (5)")
-    p.add_argument("--delayed-max-in-flight", type=int, default=512)
-    p.add_argument("--delayed-pool-size", type=int, default=100)
+    # a connection sends one message per delay: 200 x 100 ms SMTP -> 2,000 emails/s at most,
+    # 200 x 200 ms SMS -> 1,000 SMS/s; and a slot is held for the slower of the two
+    p.add_argument("--delayed-max-in-flight", type=int, default=1024)
+    p.add_argument("--delayed-pool-size", type=int, default=200, help="SMTP_POOL_SIZE for (3)")
+    p.add_argument("--delayed-sms-pool-size", type=int, default=200, help="SMS_POOL_SIZE for (3)")
     p.add_argument("--parts", default="e2e,baselines,delayed,latency,memory,profile,micro,"
                    "variants", help="comma-separated subset to run")  # fmt: skip
     p.add_argument("--part-timeout", type=float, default=0, help="seconds (default: by size)")

@@ -117,6 +117,7 @@ def build(
             "delayed": {
                 "MAX_IN_FLIGHT": args.delayed_max_in_flight,
                 "SMTP_POOL_SIZE": args.delayed_pool_size,
+                "SMS_POOL_SIZE": args.delayed_sms_pool_size,
             },
         },
         "seconds": round(elapsed, 1),

@@ -30,12 +30,14 @@ class Tuning:
 
     max_in_flight: int
     smtp_pool_size: int
+    sms_pool_size: int = 100
     log_level: str = "INFO"
 
     def env(self) -> dict[str, str]:
         return {
             "MAX_IN_FLIGHT": str(self.max_in_flight),
             "SMTP_POOL_SIZE": str(self.smtp_pool_size),
+            "SMS_POOL_SIZE": str(self.sms_pool_size),
             "LOG_LEVEL": self.log_level,
         }
 

@@ -203,6 +203,7 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("KAFKA_BOOTSTRAP_SERVERS", "kafka:http"),
         ("KAFKA_BOOTSTRAP_SERVERS", " , "),
         ("MAX_IN_FLIGHT", "0"),
+        ("SMS_POOL_SIZE", "0"),
         ("MAX_IN_FLIGHT", "many"),
         ("EMAIL_FROM", "nobody"),
         ("EMAIL_FROM", "Shop <a@shop.example>\nBcc: all@example.com"),

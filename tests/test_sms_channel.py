@@ -3,6 +3,7 @@ each answer is classified (transient: retry later; permanent: dead-letter the ch
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 from collections.abc import AsyncIterator
@@ -77,6 +78,18 @@ async def test_keep_alive_reuses_connections(
     assert len(sms_sink.requests) == 20
     assert len({r.headers.get("Connection", "keep-alive") for r in sms_sink.requests}) == 1
     assert sms_sink.connections == 1
+
+
+async def test_the_pool_opens_at_most_pool_size_connections(sms_sink: SmsSink) -> None:
+    """Twelve SMS at once over a pool of three connections all arrive, over three connections."""
+    client = http_session(timeout=5.0, pool_size=3)
+    try:
+        sender = WebhookSender(client, f"{sms_sink.url}/sms")
+        await asyncio.gather(*(sender.send(MESSAGE) for _ in range(12)))
+    finally:
+        await client.close()
+    assert len(sms_sink.requests) == 12
+    assert sms_sink.connections == 3
 
 
 @pytest.mark.parametrize("reply", [429, 500, 503])

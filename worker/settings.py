@@ -189,6 +189,7 @@ class SmsSettings(_Section):
     from_: str | None = Field(None, validation_alias="SMS_FROM")
     webhook_url: str | None = None
     timeout: PositiveFloat = 10.0
+    pool_size: PositiveInt = 100
 
     @field_validator("api_url", "webhook_url")
     @classmethod

@@ -22,15 +22,14 @@ from worker.channels import (
     idempotency_key,
 )
 
-POOL_CONNECTIONS = 100
 
-
-def http_session(timeout: float) -> aiohttp.ClientSession:
-    """The pool every SMS sender shares. Waiting for a free pooled connection is not the
-    provider failing, so it has no timeout (``MAX_IN_FLIGHT`` bounds the waiters); connecting
-    and each read wait at most ``timeout`` seconds. Call from a running event loop."""
+def http_session(timeout: float, pool_size: int = 100) -> aiohttp.ClientSession:
+    """The pool every SMS sender shares: at most ``pool_size`` connections. Waiting for a free
+    pooled connection is not the provider failing, so it has no timeout (``MAX_IN_FLIGHT``
+    bounds the waiters); connecting and each read wait at most ``timeout`` seconds. Call from
+    a running event loop."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS, limit_per_host=POOL_CONNECTIONS),
+        connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size),
         timeout=aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=timeout, sock_read=timeout
         ),
