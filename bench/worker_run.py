@@ -9,6 +9,7 @@ commits) and its JSON log is scanned for the outcome of every record.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -258,21 +259,28 @@ def _follow(
         time.sleep(0.05)
 
 
+# the worker's lines are compact JSON (orjson); its fallback writes ``"outcome": "..."``
+_OUTCOME = re.compile(rb'"outcome": ?"(notified|skipped|dead_lettered)"')
+_SEND_RETRY = b'"notification_retrying"'
+
+
 def count_outcomes(log_path: Path) -> dict[str, int]:
-    """How many records ended notified / skipped / dead-lettered, per the worker's log."""
-    needles = {
-        kind: f'"outcome": "{kind}"'.encode() for kind in ("notified", "skipped", "dead_lettered")
-    }
-    needles["send_retries"] = b'"notification_retrying"'
-    outcomes = dict.fromkeys(needles, 0)
+    """How many records ended notified / skipped / dead-lettered, per the worker's log, and
+    how many sends were retried in process."""
+    outcomes = dict.fromkeys(("notified", "skipped", "dead_lettered", "send_retries"), 0)
     with open(log_path, "rb") as log:
-        for chunk in iter(lambda: log.read(1 << 24), b""):
-            for kind, needle in needles.items():
-                outcomes[kind] += chunk.count(needle)
+        for line in log:
+            found = _OUTCOME.search(line)
+            if found:
+                outcomes[found[1].decode()] += 1
+            elif _SEND_RETRY in line:
+                outcomes["send_retries"] += 1
     return outcomes
 
 
 def _check(run: WorkerRun, log_path: Path) -> None:
+    if run.emails + run.sms and not run.outcomes["notified"]:  # the log format moved on
+        raise BenchError(f"{run.name}: notifications sent, but no notified line in {log_path}")
     if run.outcomes["dead_lettered"]:
         raise BenchError(f"{run.name}: {run.outcomes['dead_lettered']} records dead-lettered")
     if run.exit_code not in (0, None):
