@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import email
 import email.policy
-import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.channels import Outgoing, idempotency_key
+from worker.channels import Outgoing, idempotency_key, mime
 from worker.channels.mime import HeaderInjection, MimeBuilder
 
 NOW = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
@@ -67,17 +67,18 @@ def test_the_message_parses_back_to_every_field() -> None:
     assert b"\n" not in wire.data.replace(b"\r\n", b"")
 
 
-def test_the_date_is_the_current_second_when_no_time_is_given() -> None:
+def test_the_date_is_the_current_second_when_no_time_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Without ``now`` the Date header (formatted once a second) names the second of the build."""
+    clock = [NOW.timestamp() + 0.2]
+    monkeypatch.setattr(mime, "time", SimpleNamespace(time=lambda: clock[0]))
     builder = MimeBuilder("shop@shop.example", None)
     dates = []
-    for _ in range(3):
-        before = int(time.time())
-        date = parse(builder.build(outgoing()).data)["Date"].datetime.timestamp()
-        assert before <= date <= time.time()
-        dates.append(date)
-        time.sleep(0.6)
-    assert dates[0] < dates[-1]
+    for at in (0.2, 0.9, 1.1, 61.5):
+        clock[0] = NOW.timestamp() + at
+        dates.append(parse(builder.build(outgoing()).data)["Date"].datetime)
+    assert dates == [NOW, NOW, NOW + timedelta(seconds=1), NOW + timedelta(seconds=61)]
 
 
 @pytest.mark.parametrize(

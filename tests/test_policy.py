@@ -187,7 +187,8 @@ def _parsed_by_the_email_package(address: str) -> bool:
     return True
 
 
-_ADDRESS_PARTS = st.text(alphabet="ab9.-_+!'\"() <>,;:\\[]é\n", max_size=6)
+_ATEXT = "aZ09!#$%&'*+/=?^_`{|}~-"
+_ADDRESS_PARTS = st.text(alphabet=_ATEXT + '."() <>,;:\\[]é\n', max_size=6)
 
 
 @given(
@@ -202,6 +203,8 @@ _ADDRESS_PARTS = st.text(alphabet="ab9.-_+!'\"() <>,;:\\[]é\n", max_size=6)
     at=st.sampled_from(["@", "@@", ""]),
 )
 @example(local="a..b", domain="example.com", at="@")
+@example(local="a" * 64, domain="example.com", at="@")
+@example(local="a" * 65, domain="example.com", at="@")
 @example(local="a.", domain="example.com", at="@")
 @settings(max_examples=3000, deadline=None)
 def test_usable_email_agrees_with_the_email_package(local: str, domain: str, at: str) -> None:

@@ -122,6 +122,7 @@ def _tune_gc() -> None:
     collection every 700 net allocations: about 1,300 collections for 20k events, 1.5 s of
     CPU, 7% of the run. Now one runs every 10,000, and what the imports made (modules,
     schemas, some 70k objects) is frozen out of every scan: 0.01-0.04 s for the same run."""
+    gc.collect()  # garbage the imports left would otherwise be frozen for good
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 

@@ -174,8 +174,11 @@ class EmailSettings(_Section):
         if "@" not in addr or any(c in value for c in "\r\n"):
             raise ValueError(f"{value!r} is not an address like 'Shop <no-reply@shop.example>'")
         Address(addr_spec=addr)  # raises on a malformed addr-spec
-        if not (addr.isascii() and addr.isprintable()):
-            raise ValueError(f"{value!r}: the address must be ASCII (SMTPUTF8 is not used)")
+        if not (addr.isascii() and addr.isprintable()) or any(c in addr for c in '<>,;" '):
+            raise ValueError(
+                f"{value!r}: the address must be plain printable ASCII (SMTPUTF8 and quoted"
+                " local parts are not used)"
+            )
         return value
 
 

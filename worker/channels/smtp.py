@@ -109,13 +109,17 @@ async def _open_session(client: aiosmtplib.SMTP) -> None:
             await client.helo()
 
 
+_RCPT_ACCEPTED = (aiosmtplib.SMTPStatus.completed, aiosmtplib.SMTPStatus.will_forward)
+
+
 async def transaction(client: aiosmtplib.SMTP, mail: WireMessage) -> None:
-    """MAIL, RCPT, DATA on an open session through aiosmtplib's ``execute_command`` (also the
-    bench's SMTP ceiling for this path). What ``SMTP.sendmail`` adds is left out, as our
-    bytes need none of it: measuring the message for SIZE with its line ends normalized (they
-    already are CRLF, so its length is the size), and parsing each address with
-    ``email.utils.parseaddr`` once more (``MimeBuilder`` accepts only a plain printable ASCII
-    ``local@domain``). The DATA body goes through ``_data``."""
+    """MAIL, RCPT, DATA on an open, greeted session (``_open_session``: EHLO or HELO done)
+    through aiosmtplib's ``execute_command`` (also the bench's SMTP ceiling for this path).
+    What ``SMTP.sendmail`` adds is left out, as our bytes need none of it: measuring the
+    message for SIZE with its line ends normalized (they already are CRLF, so its length is
+    the size), and parsing each address with ``email.utils.parseaddr`` once more
+    (``MimeBuilder`` accepts only a plain printable ASCII ``local@domain``). The DATA body
+    goes through ``_data``."""
     options = [b"BODY=8BITMIME"] if mail.eight_bit else []
     if client.supports_extension("size"):
         options.append(b"SIZE=%d" % len(mail.data))
@@ -127,9 +131,6 @@ async def transaction(client: aiosmtplib.SMTP, mail: WireMessage) -> None:
         if reply.code not in _RCPT_ACCEPTED:
             raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
     await _data(client, mail.data)
-
-
-_RCPT_ACCEPTED = (aiosmtplib.SMTPStatus.completed, aiosmtplib.SMTPStatus.will_forward)
 
 
 async def _data(client: aiosmtplib.SMTP, data: bytes) -> None:
