@@ -168,17 +168,15 @@ class EmailSettings(_Section):
         from email.headerregistry import Address
         from email.utils import parseaddr
 
+        from worker.channels.mime import plain_mailbox
+
         if value is None:
             return None
         _, addr = parseaddr(value)
         if "@" not in addr or any(c in value for c in "\r\n"):
             raise ValueError(f"{value!r} is not an address like 'Shop <no-reply@shop.example>'")
         Address(addr_spec=addr)  # raises on a malformed addr-spec
-        if not (addr.isascii() and addr.isprintable()) or any(c in addr for c in '<>,;" '):
-            raise ValueError(
-                f"{value!r}: the address must be plain printable ASCII (SMTPUTF8 and quoted"
-                " local parts are not used)"
-            )
+        plain_mailbox(addr)  # what the mail builder will refuse at start-up otherwise
         return value
 
 

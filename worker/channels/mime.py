@@ -85,13 +85,24 @@ def _encoded_words(value: str, first_line: int) -> str:
     return "\r\n ".join(words)
 
 
-def _address(name: str | None, address: str) -> str:
-    """A header's mailbox; the address also goes on the MAIL or RCPT line as it is."""
+def plain_mailbox(address: str) -> str:
+    """``address``, if it can stand as it is in a header and on a MAIL or RCPT line: one
+    ``local@domain`` of printable ASCII without specials or quoting (SMTPUTF8 is not used).
+    Otherwise ValueError (``HeaderInjection`` for a line break)."""
     _one_line(address, "address")
     plain = address.isascii() and address.isprintable()
     if not plain or any(c in address for c in '<>,;" ') or address.count("@") != 1:
-        raise ValueError(f"not a single plain address: {address!r}")
-    return formataddr((_one_line(name or "", "display name"), address), charset="utf-8")
+        raise ValueError(
+            f"not a single plain address: {address!r} (printable ASCII without quoting;"
+            " SMTPUTF8 is not used)"
+        )
+    return address
+
+
+def _address(name: str | None, address: str) -> str:
+    """A header's mailbox; the address also goes on the MAIL or RCPT line as it is."""
+    mailbox = plain_mailbox(address)
+    return formataddr((_one_line(name or "", "display name"), mailbox), charset="utf-8")
 
 
 def _lines(text: str) -> str:
