@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.naive import naive_worker
 from worker.channels.mime import WireMessage
 from worker.channels.smtp import transaction
+from worker.cli import loop_factory
+from worker.settings import EventLoop
 
 ENVELOPE_FROM = "no-reply@shop.example"
 ENVELOPE_TO = "customer@mail.example"
@@ -139,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     smtp.add_argument("--connections", type=int, required=True)
     smtp.add_argument("--messages", type=int, required=True)
     smtp.add_argument("--message-file", type=Path, required=True)
-    smtp.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    smtp.add_argument("--loop", choices=[e.value for e in EventLoop], default="uvloop")
     smtp.add_argument("--path", choices=("sendmail", "worker"), default="sendmail")
     naive = sub.add_parser("naive")
     naive.add_argument("--topic", required=True)
@@ -155,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.name == "aiosmtplib":
         message = args.message_file.read_bytes()
-        factory = uvloop.new_event_loop if args.loop == "uvloop" else asyncio.new_event_loop
-        with asyncio.Runner(loop_factory=factory) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(EventLoop(args.loop))) as runner:
             result = runner.run(
                 smtp_ceiling(args.port, args.connections, args.messages, message, args.path)
             )
