@@ -30,6 +30,7 @@ from bench.legacy_email import build_email_message
 from worker import logs, render
 from worker.app import build_renderer
 from worker.channels import Outgoing
+from worker.channels.http import HttpClient
 from worker.channels.smtp import SmtpSender
 from worker.events import Event, decode
 from worker.policy import plan
@@ -194,9 +195,10 @@ def _configure_through_stdlib_logging(settings: Any) -> None:
 
 
 def http_client_costs(requests: int = 3000, in_flight: int = 64) -> dict[str, float]:
-    """CPU per SMS request of httpx (the worker's client until b48eb7e) and of aiohttp (its
-    client since), ``in_flight`` requests at once on one pool, against the bench SMS sink in
-    its own process (so its CPU is not counted)."""
+    """CPU per SMS request of httpx (the worker's client until b48eb7e), of aiohttp (its client
+    until worker/channels/http.py) and of that module's ``HttpClient`` (now), ``in_flight``
+    requests at once on one pool, against the bench SMS sink in its own process (so its CPU is
+    not counted)."""
     sink = subprocess.Popen(
         [sys.executable, "-m", "bench.sinks"], stdout=subprocess.PIPE, text=True
     )
@@ -230,7 +232,19 @@ async def _http_costs(url: str, requests: int, in_flight: int) -> dict[str, floa
                 await response.read()
                 assert response.status == 201
 
-        costs["SMS request, aiohttp (now)"] = await _cpu_us(with_aiohttp, requests, in_flight)
+        costs["SMS request, aiohttp (before)"] = await _cpu_us(with_aiohttp, requests, in_flight)
+    client = HttpClient(timeout=10.0, pool_size=100)
+    try:
+
+        async def with_worker_client() -> None:
+            response = await client.post(url, body, headers)
+            assert response.status == 201
+
+        costs["SMS request, worker HttpClient (now)"] = await _cpu_us(
+            with_worker_client, requests, in_flight
+        )
+    finally:
+        await client.close()
     return costs
 
 

@@ -36,7 +36,7 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("message flatten (aiosmtplib send_message)", ("flatten_message ",)),
     ("logging (structlog + stdlib logging)", ("structlog/", "logging/__init__", "worker/logs")),
     ("SMTP client (aiosmtplib)", ("aiosmtplib/",)),
-    ("SMS client (aiohttp)", ("aiohttp/", "yarl/", "multidict/", "aiohappyeyeballs/")),
+    ("SMS client (worker/channels/http)", ("worker/channels/http", "httptools/")),
     ("render (jinja2 + babel)", ("worker/render", "jinja2/", "babel/")),
     ("decode (json + pydantic)", ("worker/events",)),
     ("plan (policy, phonenumbers)", ("worker/policy", "phonenumbers/")),

@@ -12,6 +12,7 @@ import asyncio
 import email
 import email.policy
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -169,13 +170,22 @@ class SmsSink:
     """An HTTP server on 127.0.0.1 that keeps every POST it accepts (201) and can be told to
     answer errors (``faults.reply = 503``)."""
 
-    def __init__(self, port: int = 0, on_sms: Callable[[ReceivedSms], None] | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        on_sms: Callable[[ReceivedSms], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ):
+        """``tls``: serve https with this server-side context."""
         self.faults = Faults()
         self.requests: list[ReceivedSms] = []
         self.rejected = 0
         self.connections = 0
         self._on_sms = on_sms
         self._server = _Server(("127.0.0.1", port), _sms_handler(self))
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "https" if tls else "http"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -184,7 +194,7 @@ class SmsSink:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> SmsSink:
         self._thread.start()

@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 
 from worker import logs
 from worker.channels import Sender
-from worker.channels.sms import TwilioSender, WebhookSender, http_session
+from worker.channels.sms import TwilioSender, WebhookSender, http_client
 from worker.channels.smtp import SmtpSender
 from worker.consumer import KeyOrderedConsumer, Record, build_consumer
 from worker.dedup import DedupStore, open_store
@@ -59,7 +59,7 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
     senders: dict[str, Sender] = {"email": SmtpSender(settings.smtp, settings.email)}
     sms = settings.sms
     if sms.provider is not SmsProvider.DISABLED:
-        client = http_session(sms.timeout, sms.pool_size)
+        client = http_client(sms.timeout, sms.pool_size)
         if sms.provider is SmsProvider.TWILIO:
             assert sms.account_sid and sms.auth_token and sms.from_  # checked by the settings
             senders["sms"] = TwilioSender(

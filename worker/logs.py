@@ -67,10 +67,8 @@ def configure(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # aiokafka is chatty at INFO (every rebalance step); the HTTP client's loggers only at
-    # WARNING, in case a library debug line would print a webhook URL carrying a token
-    for noisy in ("aiokafka", "aiohttp"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # aiokafka is chatty at INFO (every rebalance step)
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
 def _json_line(event: dict[str, Any], **options: Any) -> str:

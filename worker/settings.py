@@ -195,9 +195,12 @@ class SmsSettings(_Section):
     @field_validator("api_url", "webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/") if value else value
+        from worker.channels.http import parse_url
+
+        if value is None:
+            return value
+        parse_url(value)  # what the SMS client could not send to stops start-up instead
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _provider_complete(self) -> SmsSettings:

@@ -5,7 +5,7 @@
      └── PermanentDeliveryError   dead-letter this channel's notification: SMTP 5xx, HTTP 4xx
 
 Adapters wrap their library's errors in these (``raise ... from exc``), so nothing above the
-adapters imports aiosmtplib or aiohttp.
+adapters imports aiosmtplib or httptools.
 """
 
 from __future__ import annotations
