@@ -229,6 +229,62 @@ def test_the_sandbox_refuses_internals_of_the_context_and_of_imported_templates(
         Renderer(templates, "en", DEFAULT_SHOP).sms(an_event(locale="en"))
 
 
+@pytest.mark.parametrize(
+    ("child", "layout", "expected"),
+    [
+        # the blocks of a chain, stacked once for all renders: super() and self still reach them
+        (
+            '{% extends "en/sms/_layout.txt" %}{% block message %}[{{ super() }}]{% endblock %}',
+            '{% extends "en/sms/base.txt" %}{% block message %}mid {{ super() }}{% endblock %}',
+            "B<[mid base]>",
+        ),
+        (
+            '{% extends "en/sms/_layout.txt" %}{% block message %}m{% endblock %}',
+            "{% block message %}top{% endblock %}|{{ self.message() }}",
+            "m|m",
+        ),
+        # a child that does more at its top level than extend, and a conditional extends:
+        # rendered from the template's own root, as Jinja renders them
+        (
+            '{% extends "en/sms/_layout.txt" %}{% set extra = "!" %}'
+            "{% block message %}m{{ extra }}{% endblock %}",
+            "<{% block message %}{% endblock %}>",
+            "<m!>",
+        ),
+        (
+            '{% extends "en/sms/_layout.txt" %}{% block message %}m{% endblock %}',
+            '{% if status == "shipped" %}{% extends "en/sms/base.txt" %}{% endif %}'
+            "{% block message %}L{% endblock %}",
+            "B<m>",
+        ),
+    ],
+)
+def test_template_inheritance_renders_as_jinja_renders_it(
+    copy_templates: CopyTemplates, child: str, layout: str, expected: str
+) -> None:
+    """The renderer resolves a template's parents once and runs the last one's root itself
+    when the others only extend and define blocks; every shape renders as Jinja's own."""
+    templates = copy_templates()
+    sms = templates / "en" / "sms"
+    (sms / "base.txt").write_text("B<{% block message %}base{% endblock %}>", encoding="utf-8")
+    (sms / "shipped.txt").write_text(child, encoding="utf-8")
+    (sms / "_layout.txt").write_text(layout, encoding="utf-8")
+    assert Renderer(templates, "en", DEFAULT_SHOP).sms(an_event(locale="en")).text == expected
+
+
+def test_a_missing_parent_template_raises_render_error(copy_templates: CopyTemplates) -> None:
+    """A template extending a file that is not there fails with the name of both."""
+    templates = copy_templates()
+    (templates / "en" / "sms" / "shipped.txt").write_text(
+        '{% extends "en/sms/gone.txt" %}{% block message %}m{% endblock %}', encoding="utf-8"
+    )
+    renderer = Renderer(templates, "en", DEFAULT_SHOP)
+    gone = r"^en/sms/shipped\.txt: 'en/sms/gone\.txt' not found"
+    for _ in range(2):  # and again once the renderer has seen it fail
+        with pytest.raises(RenderError, match=gone):
+            renderer.sms(an_event(locale="en"))
+
+
 def test_a_default_locale_without_templates_is_refused() -> None:
     """Building a renderer whose default locale has no templates raises RenderError."""
     with pytest.raises(RenderError) as caught:

@@ -7,13 +7,19 @@ the shared ``layouts/email.html``. The environment is sandboxed with ``StrictUnd
 Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale. ``layouts/visibility.jinja``
 (which optional facts a status shows) runs once per email and reaches both email bodies as
 ``show``.
+
+Cost: a render is Jinja's generated code; around it, what ``Template.render`` and
+``extends`` redo at every render is done once (see ``Renderer._prepared``): a template and
+its chain of parents are resolved once per name, and their blocks stacked once, so a render
+runs the root of the last parent directly. With the cheaper context (field dicts instead
+of ``model_dump``, shared as is) and a cheaper ``_tidy`` this took an email from about 95 to
+69 us and an SMS from 14.5 to 8.8 (min of interleaved runs on one machine).
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -21,9 +27,19 @@ from typing import Any
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    nodes,
+    select_autoescape,
+)
 from jinja2.environment import TemplateModule
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel
 
 from worker.events import Event, Shop
 
@@ -68,6 +84,64 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
+_Block = Callable[[Context], Iterator[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A template as ``Renderer._prepared`` resolved it: ``root`` renders it into a context
+    of ``template`` whose blocks are ``blocks`` (``None``: the template's own, as Jinja makes
+    them). Nothing changes the stacks in ``blocks`` during a render: only an ``extends``
+    adds to them, and the roots that have one are the ones ``root`` skips."""
+
+    template: Template
+    root: _Block
+    blocks: dict[str, list[_Block]] | None
+
+    def render(self, context: dict[str, Any]) -> str:
+        """``Template.render`` without its two copies of the context: ``shared=True`` uses
+        ``context`` as the render's variables as it is, which is why ``Renderer._context``
+        puts the globals in it (a template never writes to them: its names go to a layer
+        above)."""
+        ctx = self.template.new_context(context, shared=True)
+        if self.blocks is not None:
+            ctx.blocks = dict(self.blocks)
+        env = self.template.environment
+        try:
+            return env.concat(self.root(ctx))
+        except Exception:
+            env.handle_exception()  # as Template.render: template lines in the traceback
+
+
+def _stacked(template: Template, above: dict[str, list[_Block]]) -> dict[str, list[_Block]]:
+    """Each block's definitions, ``template``'s first, then those of the templates it
+    extends (``above``): the stacks a render of ``template`` builds in its context."""
+    blocks = {name: [block] for name, block in template.blocks.items()}
+    for name, stack in above.items():
+        blocks.setdefault(name, []).extend(stack)
+    return blocks
+
+
+def _extended(tree: nodes.Template) -> str | None:
+    """The name a template extends if that and defining blocks is all its top level does."""
+    if not tree.body or not isinstance(tree.body[0], nodes.Extends):
+        return None
+    parent = tree.body[0].template
+    if not isinstance(parent, nodes.Const) or not isinstance(parent.value, str):
+        return None
+    if all(isinstance(node, nodes.Block | nodes.Output) for node in tree.body[1:]):
+        return parent.value
+    return None
+
+
+def _parse(env: Environment, name: str, filename: str | None) -> nodes.Template:
+    """The syntax tree of a template ``env`` has loaded (its loader read the file again)."""
+    if env.loader is None:
+        raise TemplateError(f"{name}: no loader")
+    source, _, _ = env.loader.get_source(env, name)
+    return env.parse(source, name, filename)
+
+
 class Renderer:
     def __init__(self, templates_dir: Path, default_locale: str, default_shop: Shop) -> None:
         self._env = _Environment(
@@ -98,6 +172,7 @@ class Renderer:
         self._default_shop = default_shop
         # the last event's context: an event's email and SMS are composed one after the other
         self._last: tuple[Event, str, dict[str, Any]] | None = None
+        self._templates: dict[str, _Prepared] = {}
 
     def locale_for(self, requested: str | None) -> str:
         """The template locale for a customer's BCP 47 tag."""
@@ -111,9 +186,10 @@ class Renderer:
     def email(self, event: Event) -> RenderedEmail:
         locale, context = self._context(event)
         try:  # once for both bodies: importing it in each layout made it twice per email
-            context = {**context, "show": self._env.get_template(VISIBILITY).make_module(context)}
+            show = self._prepared(VISIBILITY).template.make_module(context, shared=True)
         except TemplateError as exc:
             raise RenderError(f"{VISIBILITY}: {exc}") from exc
+        context = {**context, "show": show}
         base = f"{locale}/email/{event.status}"
         return RenderedEmail(
             subject=_one_line(self._render(f"{base}.subject.txt", context)),
@@ -127,9 +203,42 @@ class Renderer:
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
         try:
-            return self._env.get_template(name).render(context)
+            return self._prepared(name).render(context)
         except TemplateError as exc:
             raise RenderError(f"{name}: {exc}") from exc
+
+    def _prepared(self, name: str) -> _Prepared:
+        """One dict lookup per render instead of ``get_template``'s name joining, weak
+        reference and cache key, for the template and each parent (templates never change
+        while the worker runs)."""
+        prepared = self._templates.get(name)
+        if prepared is None:
+            template = self._env.get_template(name)
+            # rendered as Jinja does until _flatten says otherwise: a loop of extends finds
+            # this, and so does every render after _flatten failed (on a missing parent)
+            prepared = _Prepared(template, template.root_render_func, None)
+            self._templates[name] = prepared
+            prepared = self._templates[name] = self._flatten(name, template) or prepared
+        return prepared
+
+    def _flatten(self, name: str, template: Template) -> _Prepared | None:
+        """``template`` ready to render without running the roots of the templates it
+        extends, when each of them does nothing at its top level but extend its parent and
+        define blocks (as ours do): a render is then the root of the last one, run over all
+        their blocks stacked as Jinja stacks them. That skips what each child's root does at
+        every render (fetch the parent, stack its ~20 blocks) and one generator level per
+        parent for each of the ~120 pieces of an HTML body: a sixth of its render. None: not
+        such a template, rendered from its own root."""
+        tree = _parse(self._env, name, template.filename)
+        parent = _extended(tree)
+        if parent is None:  # the end of a chain, if it extends nothing (not even maybe)
+            if tree.find(nodes.Extends) is not None:
+                return None
+            return _Prepared(template, template.root_render_func, _stacked(template, {}))
+        above = self._prepared(self._env.join_path(parent, name))
+        if above.blocks is None:
+            return None
+        return _Prepared(template, above.root, _stacked(template, above.blocks))
 
     def _context(self, event: Event) -> tuple[str, dict[str, Any]]:
         """The names templates see (never changed after it is made: renders share it)."""
@@ -140,13 +249,14 @@ class Renderer:
         shop = event.shop
         eta = event.shipment.estimated_delivery
         context = {
+            **self._env.globals,  # what Template.render would add (see _Prepared.render)
             "locale": locale,
             "status": event.status,
             "event_id": event.event_id,
             # plain dicts: the sandbox checks every attribute read on an object (a third of
             # the render time) but serves dict items directly
-            "shipment": event.shipment.model_dump(),
-            "customer": event.customer.model_dump(),
+            "shipment": _fields(event.shipment),
+            "customer": _fields(event.customer),
             "shop": {
                 "name": shop.name or self._default_shop.name,
                 "url": shop.url or self._default_shop.url,
@@ -157,6 +267,12 @@ class Renderer:
         }
         self._last = (event, locale, context)
         return locale, context
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    """A flat model's fields as a new dict: what ``model_dump()`` returns for a model without
+    nested models (``Shipment``, ``Customer``), at a fifth of its cost."""
+    return dict(model.__dict__)
 
 
 @functools.lru_cache(maxsize=256)
@@ -216,6 +332,10 @@ def _one_line(text: str) -> str:
 
 
 def _tidy(text: str) -> str:
-    """Trailing spaces off, runs of blank lines folded to one, ends trimmed."""
-    lines = [line.rstrip() for line in text.strip().splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+    """Trailing spaces off, runs of blank lines folded to one, ends trimmed. Folding by
+    ``replace`` only when there is a run: a regex scan for ``\\n{3,}`` took 4 us of an
+    email's 6 us in here, on texts that mostly have no run at all."""
+    tidy = "\n".join([line.rstrip() for line in text.strip().splitlines()])
+    while "\n\n\n" in tidy:
+        tidy = tidy.replace("\n\n\n", "\n\n")
+    return tidy
