@@ -22,7 +22,7 @@ import pytest
 from tests.factories import event
 from worker.events import Event, Shop
 from worker.preview import sample_event
-from worker.render import Renderer, RenderError
+from worker.render import Renderer, RenderError, _fields
 from worker.settings import STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,3 +323,11 @@ def test_golden_renders(renderer: Renderer, locale: str, status: str, part: str)
         path.write_bytes(rendered.encode("utf-8"))
         pytest.skip(f"UPDATE_GOLDEN=1: rewrote {path.name}")
     assert rendered == path.read_bytes().decode("utf-8")
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_templates_see_the_shipment_and_customer_as_model_dump_gives_them(status: str) -> None:
+    """The context's field dicts equal ``model_dump()`` (which a nested model would break)."""
+    sample = sample_event(status, "vi")
+    assert _fields(sample.shipment) == sample.shipment.model_dump()
+    assert _fields(sample.customer) == sample.customer.model_dump()
