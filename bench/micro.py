@@ -266,7 +266,9 @@ def store_costs() -> dict[str, float]:
     writes batched into one transaction; each on a fresh database."""
     costs = {
         "SQLite write + commit per call (the store before 13bb388)": _sqlite_us(1),
-        "SQLite writes, 100 per commit (group commit, per write)": _sqlite_us(100),
+        "SQLite writes, 2 per commit (per write)": _sqlite_us(2),
+        "SQLite writes, 16 per commit (per write)": _sqlite_us(16),
+        "SQLite writes, 100 per commit (per write)": _sqlite_us(100),
         "run_in_executor round trip (per store call)": asyncio.run(_hop_us()),
     }
     return costs
