@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
 class Reply:
     data: bytes | None  # None: never answer
     close: bool = False  # close the connection after writing ``data``
+    reset: bool = False  # reset it (TCP RST) after writing ``data``
 
 
 @dataclass
@@ -57,6 +59,13 @@ class ScriptedServer:
                     break
                 writer.write(reply.data)
                 await writer.drain()
+                if reply.reset:
+                    linger = struct.pack("ii", 1, 0)
+                    writer.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, linger
+                    )
+                    writer.transport.abort()
+                    break
                 if reply.close:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -159,6 +168,17 @@ async def test_connection_close_in_the_response_is_honoured(
     assert len(server.requests) == 2
 
 
+async def test_bytes_after_the_response_keep_the_connection_out_of_the_pool(
+    start: StartServer, client: HttpClient
+) -> None:
+    """The start of a second response in the same read would pair with the next request."""
+    stray = CREATED + b"HTTP/1.1 200 OK\r\nContent-Length: 80\r\n\r\n"
+    server = await start(Reply(stray), Reply(CREATED))
+    assert await client.post(server.url, b"1", {}) == Response(201, b"ok")
+    assert await client.post(server.url, b"2", {}) == Response(201, b"ok")
+    assert server.connections == 2
+
+
 async def test_an_interim_100_continue_is_skipped(start: StartServer, client: HttpClient) -> None:
     server = await start(Reply(b"HTTP/1.1 100 Continue\r\n\r\n" + CREATED))
     assert await client.post(server.url, b"1", {}) == Response(201, b"ok")
@@ -189,8 +209,25 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
             "over",
         ),
         (Reply(None), "no response in time"),
+        (Reply(b"HTTP/1.1 100 Continue\r\n\r\n", close=True), "closed before the response"),
+        (
+            Reply(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+            ),
+            "switched protocols",
+        ),
+        (Reply(b"HTTP/1.1 200 OK\r\n\r\npartial body", reset=True), "closed before the response"),
     ],
-    ids=["truncated", "closed-at-once", "not-http", "oversized", "silent"],
+    ids=[
+        "truncated",
+        "closed-at-once",
+        "not-http",
+        "oversized",
+        "silent",
+        "closed-after-100",
+        "upgrade",
+        "reset-in-a-body-ended-by-close",
+    ],
 )
 async def test_an_incomplete_or_bad_answer_is_an_http_error_and_the_connection_dropped(
     start: StartServer, reply: Reply, error: str
@@ -230,13 +267,21 @@ async def test_a_refused_connection_is_an_http_error(client: HttpClient) -> None
 
 
 @pytest.mark.parametrize(
-    "headers", [{"X-Note": "a\r\nInjected: 1"}, {"X-Note": "a\nb"}, {"X-Note": "a\rb"}]
+    "headers",
+    [
+        {"X-Note": "a\r\nInjected: 1"},
+        {"X-Note": "a\nb"},
+        {"X-Note": "a\rb"},
+        {"content-length": "0"},
+        {"Host": "elsewhere.example"},
+        {"Transfer-Encoding": "chunked"},
+    ],
 )
 async def test_a_header_that_would_break_the_framing_is_refused_before_sending(
     start: StartServer, client: HttpClient, headers: dict[str, str]
 ) -> None:
     server = await start(Reply(CREATED))
-    with pytest.raises(ValueError, match="CR or LF"):
+    with pytest.raises(ValueError, match=r"CR or LF|the client sets"):
         await client.post(server.url, b"1", headers)
     assert server.connections == 0
 

@@ -205,6 +205,7 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("MAX_IN_FLIGHT", "0"),
         ("SMS_POOL_SIZE", "0"),
         ("SMS_API_URL", "api.twilio.com"),
+        ("SMS_ACCOUNT_SID", "AC 12/3"),
         ("SMS_API_URL", "https://user:pw@api.twilio.com"),
         ("SMS_WEBHOOK_URL", "https://sms.example:99999/send"),
         ("SMS_WEBHOOK_URL", "https://sms.example/send now"),

@@ -175,3 +175,11 @@ async def test_an_https_provider_with_an_untrusted_certificate_is_unreachable(
     finally:
         await client.close()
     assert sink.requests == []
+
+
+def test_a_twilio_account_sid_that_makes_the_url_unsendable_is_refused_up_front() -> None:
+    """The SID goes into the URL's path: one the client could not send fails at start-up."""
+    with pytest.raises(ValueError, match="percent-encoded"):
+        TwilioSender(
+            HttpClient(timeout=1.0, pool_size=1), "https://api.twilio.com", "AC 1", "t", "+1"
+        )

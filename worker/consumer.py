@@ -258,6 +258,7 @@ class _Slots:
     async def take(self) -> bool:
         """Take a slot; False (and no slot) once closed."""
         while self._free == 0 and not self._closed:
+            assert self._waiter is None, "one waiter at a time"
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

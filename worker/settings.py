@@ -202,6 +202,13 @@ class SmsSettings(_Section):
         parse_url(value)  # what the SMS client could not send to stops start-up instead
         return value.rstrip("/")
 
+    @field_validator("account_sid")
+    @classmethod
+    def _path_safe(cls, value: str | None) -> str | None:
+        if value is not None and not (value.isascii() and value.isalnum()):
+            raise ValueError(f"{value!r} is not a Twilio account SID (letters and digits)")
+        return value
+
     @model_validator(mode="after")
     def _provider_complete(self) -> SmsSettings:
         if self.provider is None:

@@ -21,8 +21,8 @@ What it does, and no more:
   closing the connection; interim 1xx responses are skipped; a body over
   ``MAX_RESPONSE_BYTES`` is refused;
 - a connection is reused unless the response said ``Connection: close`` (or was HTTP/1.0
-  without keep-alive), a request on it failed or was cancelled, or the server closed it
-  while it sat idle;
+  without keep-alive), more bytes followed the response, a request on it failed or was
+  cancelled, or the server closed it while it sat idle;
 - connecting, and receiving the whole response once the request is written, each take at
   most ``timeout`` seconds.
 
@@ -91,8 +91,14 @@ def parse_url(url: str) -> Target:
     return Target(Origin(parts.scheme == "https", parts.hostname, port), head.encode("ascii"))
 
 
+# the client frames the request and owns the connection: a caller may not set these
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
 def request_bytes(target: Target, body: bytes, headers: Mapping[str, str]) -> bytes:
     """The whole request; ``ValueError`` for a header that would break the framing."""
+    if any(name.lower() in _FRAMING for name in headers):
+        raise ValueError(f"the client sets {', '.join(sorted(_FRAMING))} itself")
     lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
     text = "".join(lines)
     if text.count("\n") != len(lines) or "\r" in text.replace("\r\n", ""):
@@ -112,6 +118,7 @@ class HttpClient:
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: dict[Origin, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
+        self._connecting = 0
         self._ssl = ssl_context
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
@@ -142,14 +149,18 @@ class HttpClient:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
-            if connection.reusable:  # False once the server closed it while it sat here
+            if connection.reusable and not connection.closing():  # the server may have closed it
                 return connection
         self._make_room()
-        return await self._connect(origin)
+        self._connecting += 1
+        try:
+            return await self._connect(origin)
+        finally:
+            self._connecting -= 1
 
     def _make_room(self) -> None:
         """Keep the open connections within the pool: close an idle one of another origin."""
-        open_count = len(self._busy) + sum(len(idle) for idle in self._idle.values())
+        open_count = self._connecting + len(self._busy) + sum(map(len, self._idle.values()))
         for idle in self._idle.values():
             if open_count < self._pool_size:
                 return
@@ -233,6 +244,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # not a subclass of HttpParserError
+            self._fail(HttpError("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(HttpError(f"malformed HTTP response: {exc}"))
 
@@ -240,14 +253,17 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self._waiter is None or self._waiter.done():
             return
-        if self._headers_done and not self._framed:
-            self._complete()  # a body that ends where the connection does
+        if exc is None and self._headers_done and not self._framed:
+            self._complete()  # a body that ends where the connection does (not reset)
         else:
             self._fail(HttpError("connection closed before the response was complete"))
 
     # httptools.HttpResponseParser callbacks
 
     def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            # a second response in the same read: the stream is out of step with requests
+            self.close()
         self._status, self._framed, self._headers_done = 0, False, False
         self._body.clear()
 
@@ -266,12 +282,14 @@ class _Connection(asyncio.Protocol):
             self._fail(HttpError(f"response body over {MAX_RESPONSE_BYTES} bytes"))
 
     def on_message_complete(self) -> None:
-        if self._status >= 200:  # a 1xx is interim: the real response follows
+        if self._status >= 200:
             self._complete()
+        else:  # a 1xx is interim: the real response follows
+            self._headers_done = False
 
     def _complete(self) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self.reusable = self._keep_alive and not self._transport_closing()
+            self.reusable = self._keep_alive and not self.closing()
             self._waiter.set_result(Response(self._status, bytes(self._body)))
 
     def _fail(self, error: HttpError) -> None:
@@ -279,5 +297,5 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_exception(error)
         self.close()
 
-    def _transport_closing(self) -> bool:
+    def closing(self) -> bool:
         return self._transport is None or self._transport.is_closing()

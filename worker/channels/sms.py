@@ -21,7 +21,7 @@ from worker.channels import (
     TransientDeliveryError,
     idempotency_key,
 )
-from worker.channels.http import HttpClient, HttpError
+from worker.channels.http import HttpClient, HttpError, parse_url
 
 
 def http_client(timeout: float, pool_size: int = 100) -> HttpClient:
@@ -44,6 +44,8 @@ class _HttpSender:
             response = await self._client.post(url, data, headers)
         except HttpError as exc:
             raise TransientDeliveryError(f"SMS provider unreachable: {exc}") from exc
+        except ValueError as exc:  # a URL or header the client cannot send, now or ever
+            raise PermanentDeliveryError(f"SMS request cannot be sent: {exc}") from exc
         status, body = response.status, response.body
         if status == 429 or status >= 500:
             raise TransientDeliveryError(f"SMS provider answered {status}")
@@ -67,6 +69,7 @@ class TwilioSender(_HttpSender):
     ) -> None:
         super().__init__(client)
         self._url = f"{api_url}/2010-04-01/Accounts/{account_sid}/Messages.json"
+        parse_url(self._url)  # a SID that makes it unsendable fails here, not on every SMS
         credentials = base64.b64encode(f"{account_sid}:{token}".encode()).decode()
         self._form_headers = {
             "Authorization": f"Basic {credentials}",

@@ -13,8 +13,8 @@ yet committed, for every write made in between. Committing once per pass of the 
 instead left 2-3 writes per commit under load: about 35 us a write alone, 17 at two a commit,
 8 at eight, 5 at sixteen (``bench/micro.py``); the window costs each write at most 1 ms of
 latency. A write method returns only when its change is durable; reads see every earlier
-write of this process, committed or about to be. The steps of a claim run without an ``await`` between them, so no
-other task of this process interleaves.
+write of this process, committed or about to be. The steps of a claim run without an
+``await`` between them, so no other task of this process interleaves.
 """
 
 from __future__ import annotations
