@@ -149,7 +149,7 @@ class HttpClient:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
-            if connection.reusable and not connection.closing():  # the server may have closed it
+            if connection.reusable:
                 return connection
         self._make_room()
         self._connecting += 1
@@ -210,12 +210,12 @@ class _Connection(asyncio.Protocol):
         self._framed = False  # the response has Content-Length or Transfer-Encoding
         self._headers_done = False
         self._keep_alive = False
-        self.reusable = False
+        self._kept_alive = False  # the last exchange completed and allowed keep-alive
 
     async def exchange(self, request: bytes) -> Response:
         """Write ``request``; the complete response, within the read timeout."""
         assert self._transport is not None and self._waiter is None
-        self.reusable = False  # until a complete response says otherwise
+        self._kept_alive = False  # until a complete response says otherwise
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
@@ -228,8 +228,13 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
             self._waiter = None
 
+    @property
+    def reusable(self) -> bool:
+        """Its last exchange completed and allowed keep-alive, and it is still open (neither
+        side closed it since, e.g. the server while it sat idle in the pool)."""
+        return self._kept_alive and not self.closing()
+
     def close(self) -> None:
-        self.reusable = False
         if self._transport is not None:
             self._transport.close()
 
@@ -250,7 +255,7 @@ class _Connection(asyncio.Protocol):
             self._fail(HttpError(f"malformed HTTP response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.reusable = False
+        self._kept_alive = False
         if self._waiter is None or self._waiter.done():
             return
         if exc is None and self._headers_done and not self._framed:
@@ -289,7 +294,7 @@ class _Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self.reusable = self._keep_alive and not self.closing()
+            self._kept_alive = self._keep_alive
             self._waiter.set_result(Response(self._status, bytes(self._body)))
 
     def _fail(self, error: HttpError) -> None:
