@@ -73,7 +73,9 @@ class _SmtpHandler:
         self._sink.connections += 1
         session.host_name = hostname  # aiosmtpd leaves this to a handler that takes over EHLO
         if not self._sink.eight_bit_mime:
-            return [r for r in responses if r[4:].upper() != "8BITMIME"]
+            responses = [r for r in responses if r[4:].upper() != "8BITMIME"]
+        if self._sink.pipelining:  # aiosmtpd reads line by line, so pipelined commands work
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(
@@ -116,6 +118,7 @@ class SmtpSink:
         self.messages: list[ReceivedMail] = []
         self.connections = 0  # SMTP sessions that said EHLO
         self.eight_bit_mime = True  # announce 8BITMIME (False: a 7-bit-only server)
+        self.pipelining = False  # announce PIPELINING (RFC 2920), as postfix does
         self._running = False
         self._on_mail = on_mail
         self._lock = threading.Lock()

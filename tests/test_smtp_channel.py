@@ -33,8 +33,10 @@ def sender_to(sink: SmtpSink) -> SmtpSender:
     return SmtpSender(smtp, email)
 
 
-@pytest.fixture
-async def sender(smtp_sink: SmtpSink) -> AsyncIterator[SmtpSender]:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+async def sender(smtp_sink: SmtpSink, request: pytest.FixtureRequest) -> AsyncIterator[SmtpSender]:
+    """A sender to ``smtp_sink``, once with the server offering PIPELINING and once without."""
+    smtp_sink.pipelining = request.param
     client = sender_to(smtp_sink)
     yield client
     await client.close()
