@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -34,6 +35,20 @@ KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
 
 MakeTopic = Callable[..., Awaitable[str]]
 Produce = Callable[..., Awaitable[None]]
+
+
+# modules whose tests run on each event loop the worker offers (EVENT_LOOP), as their code
+# drives transports directly: uvloop's are not asyncio's
+BOTH_LOOPS = ("tests.test_smtp_exchange", "tests.test_smtp_channel", "tests.test_http_client")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__ in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}  # one factory: the test's id stays as it is
 
 
 @pytest.fixture(autouse=True)

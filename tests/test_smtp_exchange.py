@@ -6,11 +6,15 @@ aiosmtplib's own ``sendmail`` would raise rather than a hang or a message sent a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiosmtplib
 import pytest
+import trustme
 
 from worker.channels.mime import WireMessage
 from worker.channels.smtp import transaction
@@ -86,7 +90,11 @@ class ScriptedServer:
             self.running.discard(task)
 
 
-Serve = Callable[[bytes, Script], Awaitable[aiosmtplib.SMTP]]
+class Serve(Protocol):
+    def __call__(
+        self, ehlo: bytes, script: Script, tls: bool = False
+    ) -> Awaitable[aiosmtplib.SMTP]:
+        """A client greeted by a server playing ``script`` (``tls``: over implicit TLS)."""
 
 
 @pytest.fixture
@@ -95,13 +103,26 @@ async def serve() -> AsyncIterator[Serve]:
     at the end, every script must have run to its end without a failed assertion."""
     servers: list[tuple[asyncio.Server, ScriptedServer]] = []
     clients: list[aiosmtplib.SMTP] = []
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
 
-    async def start(ehlo: bytes, script: Script) -> aiosmtplib.SMTP:
+    async def start(ehlo: bytes, script: Script, tls: bool = False) -> aiosmtplib.SMTP:
         scripted = ScriptedServer(ehlo, script)
-        server = await asyncio.start_server(scripted.serve, "127.0.0.1", 0)
+        server_ssl = server_tls if tls else None
+        server = await asyncio.start_server(scripted.serve, "127.0.0.1", 0, ssl=server_ssl)
         servers.append((server, scripted))
         port = server.sockets[0].getsockname()[1]
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=0.5)
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1",
+            port=port,
+            timeout=0.5,
+            use_tls=tls,
+            start_tls=False,
+            tls_context=client_tls if tls else None,
+        )
         await client.connect()
         if client.is_ehlo_or_helo_needed:
             await client.ehlo()
@@ -119,11 +140,13 @@ async def serve() -> AsyncIterator[Serve]:
         assert scripted.sessions, "the client never connected"
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_with_pipelining_the_commands_go_out_before_any_reply(
-    serve: Serve,
+    serve: Serve, tls: bool
 ) -> None:
     """When the server offers PIPELINING, MAIL, RCPT and DATA arrive before it answers any of
-    them, the joined replies are each read, and the body follows the 354, dot-stuffed."""
+    them, the joined replies are each read, and the body follows the 354, dot-stuffed; over
+    TLS too."""
     bodies: list[bytes] = []
 
     async def script(session: Session) -> None:
@@ -137,7 +160,7 @@ async def test_with_pipelining_the_commands_go_out_before_any_reply(
         assert await session.command() == b"NOOP\r\n"
         await session.reply(b"250 2.0.0 ok\r\n")
 
-    client = await serve(EHLO_PIPELINING, script)
+    client = await serve(EHLO_PIPELINING, script, tls)
     await transaction(client, MAIL)
     await transaction(client, MAIL)
     assert bodies == [STUFFED, STUFFED]
@@ -147,8 +170,9 @@ async def test_with_pipelining_the_commands_go_out_before_any_reply(
 async def test_without_pipelining_each_command_waits_for_its_reply(
     serve: Serve,
 ) -> None:
-    """Without PIPELINING the next command goes out only after the reply to the previous one,
-    and replies split anywhere, multiline ones too, are read whole."""
+    """Without PIPELINING the next command, or the message after DATA, goes out only after the
+    reply to the previous one, and replies split anywhere, multiline or ending in a bare LF,
+    are read whole."""
     bodies: list[bytes] = []
 
     async def trickle(session: Session, reply: bytes) -> None:
@@ -161,8 +185,9 @@ async def test_without_pipelining_each_command_waits_for_its_reply(
         await trickle(session, b"250-sender\r\n250 ok\r\n")
         assert await session.command() == b"RCPT TO:<ana@mail.example>\r\n"
         assert await session.nothing_more()
-        await trickle(session, b"250 ok\r\n")
+        await trickle(session, b"250 ok\n")
         assert await session.command() == b"DATA\r\n"
+        assert await session.nothing_more()
         await trickle(session, b"354 go ahead\r\n")
         bodies.append(await session.body())
         await trickle(session, b"250 queued\r\n")
@@ -172,23 +197,26 @@ async def test_without_pipelining_each_command_waits_for_its_reply(
     assert bodies == [STUFFED]
 
 
+@pytest.mark.parametrize("data_reply", [b"554 no valid recipients", b"354 go ahead"])
 async def test_a_refused_recipient_under_pipelining_sends_no_body(
-    serve: Serve,
+    serve: Serve, data_reply: bytes
 ) -> None:
     """A 550 to RCPT raises SMTPRecipientRefused with its code and text, and the body is not
-    sent even though DATA was already on its way."""
+    sent even though DATA was already on its way, also when the server answers it with 354
+    (RFC 2920 lets it); the connection is closed."""
 
     async def script(session: Session) -> None:
         for _ in range(3):
             await session.command()
-        await session.reply(b"250 ok\r\n550 5.1.1 no such user\r\n554 no valid recipients\r\n")
-        assert await session.nothing_more()
+        await session.reply(b"250 ok\r\n550 5.1.1 no such user\r\n" + data_reply + b"\r\n")
+        assert await session.reader.read() == b""
 
     client = await serve(EHLO_PIPELINING, script)
     with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
         await transaction(client, MAIL)
     assert (refused.value.code, refused.value.message) == (550, "5.1.1 no such user")
     assert refused.value.recipient == "ana@mail.example"
+    assert not client.is_connected
 
 
 @pytest.mark.parametrize(
@@ -198,8 +226,17 @@ async def test_a_refused_recipient_under_pipelining_sends_no_body(
         (b"250 ok\r\n250 ok\r\n503 5.5.1 no\r\n", aiosmtplib.SMTPDataError, 503),
         (b"250 ok\r\n250 ok\r\n354 go\r\n", aiosmtplib.SMTPDataError, 552),
         (b"250 ok\r\nhello\r\n", aiosmtplib.SMTPResponseException, -1),
+        (b"250 ok\r\nxyz-garbage\r\n250 ok\r\n", aiosmtplib.SMTPResponseException, -1),
+        (b"250 ok\r\n" + b"250-\r\n" * 20_000, aiosmtplib.SMTPResponseException, -1),
     ],
-    ids=["mail-refused", "data-refused", "message-refused", "malformed"],
+    ids=[
+        "mail-refused",
+        "data-refused",
+        "message-refused",
+        "malformed",
+        "malformed-continuation",
+        "endless-reply",
+    ],
 )
 async def test_an_unexpected_reply_raises_what_sendmail_would(
     serve: Serve,
@@ -207,8 +244,9 @@ async def test_an_unexpected_reply_raises_what_sendmail_would(
     error: type[aiosmtplib.SMTPResponseException],
     code: int,
 ) -> None:
-    """A refusal at MAIL, at DATA or of the message itself, and a reply that is not SMTP,
-    each raise the matching aiosmtplib error with the server's code."""
+    """A refusal at MAIL, at DATA or of the message itself, a reply that is not SMTP and one
+    that never ends (65 KB, not the read timeout) each raise the matching aiosmtplib error
+    with the server's code, send nothing more and close the connection."""
 
     async def script(session: Session) -> None:
         for _ in range(3):
@@ -217,12 +255,13 @@ async def test_an_unexpected_reply_raises_what_sendmail_would(
         if replies.endswith(b"354 go\r\n"):
             await session.body()
             await session.reply(b"552 5.3.4 too big\r\n")
-        await session.nothing_more()
+        assert await session.reader.read() == b""
 
     client = await serve(EHLO_PIPELINING, script)
     with pytest.raises(error) as raised:
         await transaction(client, MAIL)
     assert raised.value.code == code
+    assert not client.is_connected
 
 
 @pytest.mark.parametrize("ending", ["close", "silence"])
@@ -248,24 +287,44 @@ async def test_a_server_that_hangs_up_or_goes_quiet_ends_the_exchange(
         await asyncio.wait_for(transaction(client, MAIL), 5)
 
 
-async def test_a_cancelled_exchange_closes_the_connection(
-    serve: Serve,
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_cancelled_exchange_aborts_and_the_client_connects_afresh(
+    serve: Serve, tls: bool
 ) -> None:
-    """Cancelled while waiting for a reply, the session's state is unknown: the connection is
-    closed so that it is not reused mid-transaction."""
-    hung_up = asyncio.Event()
+    """Cancelled while the server is not reading a large message, the exchange drops the
+    connection at once instead of flushing it (the message must not complete after all) or
+    waiting for a TLS shutdown, and the client's next connect and message go through on a
+    new session."""
+    sessions = 0
+    bodies: list[bytes] = []
 
     async def script(session: Session) -> None:
+        nonlocal sessions
+        sessions += 1
         for _ in range(3):
             await session.command()
-        await session.reader.read()
-        hung_up.set()
+        await session.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        if sessions == 1:  # reads nothing until the client has given up, then all it can
+            await asyncio.sleep(0.5)
+            received = b""
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                while chunk := await session.reader.read(1 << 20):
+                    received += chunk
+            assert not received.endswith(b"\r\n.\r\n")  # the message did not go through
+            return
+        bodies.append(await session.body())
+        await session.reply(b"250 queued\r\n")
 
-    client = await serve(EHLO_PIPELINING, script)
-    task = asyncio.create_task(transaction(client, MAIL))
-    await asyncio.sleep(0.05)
+    client = await serve(EHLO_PIPELINING, script, tls)
+    big = WireMessage(MAIL.sender, MAIL.recipients, (b"x" * 998 + b"\r\n") * 16_000, "<b@x>")
+    task = asyncio.create_task(transaction(client, big))
+    await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.wait_for(hung_up.wait(), 2)
     assert not client.is_connected
+    await asyncio.wait_for(client.connect(), 1)
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
+    await transaction(client, MAIL)
+    assert bodies == [STUFFED]

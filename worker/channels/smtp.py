@@ -133,17 +133,20 @@ async def transaction(client: aiosmtplib.SMTP, mail: WireMessage) -> None:
       instead of four.
 
     While the exchange runs, the transport's protocol is the exchange; aiosmtplib's comes back
-    after it. A failure raises the aiosmtplib exception its ``sendmail`` would have raised, and
-    the caller closes the session."""
+    after it. An exchange that does not end with the message accepted (refused, broken off,
+    timed out or cancelled) leaves the session in a state nobody knows: the connection is
+    aborted rather than closed gracefully, which would wait for a server that may not be
+    reading, and the client is closed, so that its next use connects afresh. A failure raises
+    the aiosmtplib exception its ``sendmail`` would have raised."""
     session = client.protocol
-    transport = client.transport
-    if session is None or transport is None or transport.is_closing():
+    if session is None or client.transport is None or client.transport.is_closing():
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    transport = cast(asyncio.Transport, client.transport)  # uvloop's is not a subclass
     options = [b"BODY=8BITMIME"] if mail.eight_bit else []
     if client.supports_extension("size"):
         options.append(b"SIZE=%d" % len(mail.data))
     exchange = _Exchange(
-        cast(asyncio.Transport, transport),  # uvloop's is not a subclass
+        transport,
         mail,
         options,
         client.supports_extension("pipelining"),
@@ -155,9 +158,10 @@ async def transaction(client: aiosmtplib.SMTP, mail: WireMessage) -> None:
         await exchange.done
     finally:
         exchange.disarm()
-        if not exchange.done.done() or exchange.done.cancelled():
-            transport.close()  # cancelled mid-exchange: the session's state is unknown
         transport.set_protocol(session)
+        if not exchange.accepted:
+            transport.abort()
+            client.close()  # also frees its connect lock, which a lost connection would
 
 
 class _Exchange(asyncio.Protocol):
@@ -187,6 +191,7 @@ class _Exchange(asyncio.Protocol):
         self._replies = 0  # replies received so far; the next one answers command number this
         self._buffer = b""
         self._lines: list[bytes] = []  # the text of a multiline reply read so far
+        self._size = 0  # octets of the reply read so far
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -203,19 +208,20 @@ class _Exchange(asyncio.Protocol):
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
             line, start = buffer[start : end + 1], end + 1
+            self._size += len(line)
+            if not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed reply: {line!r}"))
+                return
             self._lines.append(line[4:].strip(b" \t\r\n"))
             if line[3:4] == b"-":
                 continue
             text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
-            self._lines = []
-            if not line[:3].isdigit():
-                self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed reply: {line!r}"))
-                return
+            self._lines, self._size = [], 0
             self._reply(int(line[:3]), text)
             if self.done.done():
                 return
         self._buffer = buffer[start:]
-        if len(self._buffer) + sum(map(len, self._lines)) > _MAX_REPLY:
+        if self._size + len(self._buffer) > _MAX_REPLY:
             self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
 
     def _reply(self, code: int, text: str) -> None:
@@ -257,6 +263,12 @@ class _Exchange(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._fail(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"))
+
+    @property
+    def accepted(self) -> bool:
+        """The server accepted the message: the session is ready for the next one."""
+        done = self.done
+        return done.done() and not done.cancelled() and done.exception() is None
 
     def disarm(self) -> None:
         if self._timer is not None:
