@@ -35,7 +35,10 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("message flatten (aiosmtplib send_message)", ("flatten_message ",)),
     ("logging (structlog + stdlib logging)", ("structlog/", "logging/__init__", "worker/logs")),
-    ("SMTP client (aiosmtplib)", ("aiosmtplib/",)),
+    (
+        "SMTP client (aiosmtplib + the worker's exchange)",
+        ("aiosmtplib/", "_Exchange.", "transaction (worker/channels/smtp", "_stuffed "),
+    ),
     ("SMS client (worker/channels/http)", ("worker/channels/http", "httptools/")),
     ("render (jinja2 + babel)", ("worker/render", "jinja2/", "babel/")),
     ("decode (json + pydantic)", ("worker/events",)),

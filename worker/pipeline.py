@@ -14,8 +14,9 @@ No Kafka here: the consumer hands in ``Envelope``s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from worker import retry
 from worker.dedup import DedupStore, ShipmentState
@@ -194,9 +195,23 @@ class Pipeline:
             self._courier.deliver(event, envelope, d, claimed=d.channel in claimed)
             for d in deliveries
         ]
-        # one channel runs in this task: no task of its own to create and schedule
-        results = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
+        results = await _concurrently(sends)
         return _summarize([(d.channel, r) for d, r in zip(deliveries, results, strict=True)])
+
+
+async def _concurrently(sends: list[Coroutine[Any, Any, str]]) -> list[str]:
+    """The results of ``sends``, run at the same time: the first in this task and each other
+    one in a task of its own (``gather`` would create a task for every one). If this task is
+    cancelled or the first raises, the others are cancelled and waited for."""
+    others = [asyncio.create_task(send) for send in sends[1:]]
+    try:
+        first = await sends[0]
+    except BaseException:
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        raise
+    return [first, *[await task for task in others]]
 
 
 def _superseded(event: Event, shipment: ShipmentState | None) -> bool:

@@ -223,6 +223,8 @@ class _Exchange(asyncio.Protocol):
         self._buffer = buffer[start:]
         if self._size + len(self._buffer) > _MAX_REPLY:
             self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
+        elif start:  # a reply came: the next one is due within the timeout from now
+            self._arm()
 
     def _reply(self, code: int, text: str) -> None:
         """The reply to command number ``self._replies`` (to the message itself after DATA)."""
@@ -235,11 +237,8 @@ class _Exchange(asyncio.Protocol):
             self._finish()
         elif index == len(self._commands) - 1:  # 354: go ahead with the message
             self._transport.write(_stuffed(self._mail.data))
-            self._arm()
-        else:
-            if not self._pipelining:
-                self._transport.write(self._commands[index + 1])
-            self._arm()
+        elif not self._pipelining:
+            self._transport.write(self._commands[index + 1])
 
     def _refusal(self, index: int, code: int, text: str) -> Exception | None:
         """The error ``sendmail`` raises for this reply, or None when it is the expected one."""
@@ -255,7 +254,8 @@ class _Exchange(asyncio.Protocol):
         return None if code == expected else aiosmtplib.SMTPDataError(code, text)
 
     def _arm(self) -> None:
-        """Each reply within ``timeout`` of the previous one (aiosmtplib's rule)."""
+        """Each reply within ``timeout`` of the previous one (aiosmtplib's rule); re-armed once
+        per read, however many replies it held."""
         if self._timer is not None:
             self._timer.cancel()
         if self._timeout is not None:
