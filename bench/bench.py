@@ -15,8 +15,9 @@ and measures:
    records (records/s, Kafka-side ceiling); aiosmtplib sending pre-built messages of the same
    size over as many connections as the worker's pool (emails/s, Python SMTP ceiling), on
    uvloop like the worker by default, again on asyncio's own loop, and once more through the
-   worker's own MAIL/RCPT/DATA path (``worker.channels.smtp.transaction``: without
-   sendmail's passes over the message, so the ceiling of the path the worker takes);
+   worker's own transaction (``worker.channels.smtp.transaction``: without sendmail's passes
+   over the message or its wait per reply, pipelined when the server offers PIPELINING; the
+   ceiling of the path the worker takes);
    ``smtp-source`` against the same smtp-sink (emails/s, the machine's SMTP ceiling); the naive
    worker of ``bench/naive.py`` (notifications/s).
 3. **latency hiding**: (1) again with an SMTP sink that answers each message after 100 ms and
