@@ -20,6 +20,9 @@ and measures:
    ceiling of the path the worker takes);
    ``smtp-source`` against the same smtp-sink (emails/s, the machine's SMTP ceiling); the naive
    worker of ``bench/naive.py`` (notifications/s).
+   **paired**: (1) and the aiosmtplib ceiling again, back to back, three rounds of 20k events:
+   this machine's speed drifts by a third within a run, so the median of ratios taken a
+   minute apart says more than one ratio of runs minutes apart.
 3. **latency hiding**: (1) again with an SMTP sink that answers each message after 100 ms and
    an SMS sink that answers after 200 ms.
 4. **latency**: events published at a steady rate (default 200/s) while the worker runs; the
@@ -47,6 +50,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,11 +91,12 @@ class Sizes:
     profile_events: int
     variant_events: int
     partitions: int
+    paired_rounds: int
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
     if args.smoke:
-        return Sizes(300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions)
+        return Sizes(300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions, 1)
     return Sizes(
         events=args.events,
         naive_records=min(args.events, args.naive_records),
@@ -101,6 +106,7 @@ def sizes(args: argparse.Namespace) -> Sizes:
         profile_events=min(args.events, args.profile_events),
         variant_events=min(args.events, args.variant_events),
         partitions=args.partitions,
+        paired_rounds=args.paired_rounds,
     )
 
 
@@ -199,20 +205,9 @@ class Bench:
     def baselines(self) -> dict[str, Any]:
         topic, expected = self.topic(self.sizes.events)
         message = report.representative_email()
-        (self.workdir / "message.eml").write_bytes(message)
         pool, emails = self.fast.smtp_pool_size, max(expected.emails, 1)
         found: dict[str, Any] = {"message_bytes": len(message)}
-        smtp = (
-            "aiosmtplib",
-            "--port",
-            str(self.smtp_sink.port),
-            "--connections",
-            str(pool),
-            "--messages",
-            str(emails),
-            "--message-file",
-            str(self.workdir / "message.eml"),
-        )
+        smtp = self._aiosmtplib_args(emails)
         runs: list[tuple[str, Callable[[], Ceiling]]] = [
             ("kafka", lambda: self._baseline("kafka", "--bootstrap", self.bootstrap, "--topic",
                                              topic, "--partitions", str(self.sizes.partitions),
@@ -232,6 +227,39 @@ class Bench:
             except (BenchError, subprocess.SubprocessError, ValueError) as exc:
                 self.failures[f"baselines.{name}"] = str(exc)
         return found
+
+    def _aiosmtplib_args(self, emails: int) -> tuple[str, ...]:
+        """The aiosmtplib ceiling's arguments: ``emails`` messages the size of a rendered email
+        over as many connections as the worker's pool, to the shared smtp-sink."""
+        message_file = self.workdir / "message.eml"
+        if not message_file.exists():
+            message_file.write_bytes(report.representative_email())
+        return ("aiosmtplib", "--port", str(self.smtp_sink.port),
+                "--connections", str(self.fast.smtp_pool_size), "--messages", str(emails),
+                "--message-file", str(message_file))  # fmt: skip
+
+    def paired(self) -> dict[str, Any]:
+        """(1) and (2)'s aiosmtplib ceiling again, back to back, ``paired_rounds`` times on
+        the variant size. The machine's speed drifts within a run (by a third here), and (1)
+        and (2) run minutes apart: each round here compares two measurements about a minute
+        apart, and the median round is the ratio to read."""
+        _, expected = self.topic(self.sizes.variant_events)
+        rounds = []
+        for i in range(1, self.sizes.paired_rounds + 1):
+            run = self._worker(f"paired-{i}", self.sizes.variant_events, self.fast)
+            ceiling = self._baseline(*self._aiosmtplib_args(max(expected.emails, 1)),
+                                     log_name=f"paired-{i}-aiosmtplib")  # fmt: skip
+            rounds.append({
+                "emails_per_s": run.emails_per_s,
+                "aiosmtplib_emails_per_s": round(ceiling.rate, 1),
+                "ratio": round(run.emails_per_s / ceiling.rate, 3) if ceiling.rate else 0.0,
+                "revision": run.revision,
+            })  # fmt: skip
+        return {
+            "rounds": rounds,
+            "median_emails_per_s": statistics.median(r["emails_per_s"] for r in rounds),
+            "median_ratio": statistics.median(r["ratio"] for r in rounds),
+        }
 
     def _smtp_source(self, sessions: int, messages: int, message: bytes) -> Ceiling:
         before = self.smtp_sink.count()
@@ -381,8 +409,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delayed-max-in-flight", type=int, default=1024)
     p.add_argument("--delayed-pool-size", type=int, default=200, help="SMTP_POOL_SIZE for (3)")
     p.add_argument("--delayed-sms-pool-size", type=int, default=200, help="SMS_POOL_SIZE for (3)")
-    p.add_argument("--parts", default="e2e,baselines,delayed,latency,memory,profile,micro,"
-                   "variants", help="comma-separated subset to run")  # fmt: skip
+    p.add_argument("--paired-rounds", type=int, default=3, help="rounds of (1) + ceiling")
+    p.add_argument("--parts", default="e2e,baselines,paired,delayed,latency,memory,profile,"
+                   "micro,variants", help="comma-separated subset to run")  # fmt: skip
     p.add_argument("--part-timeout", type=float, default=0, help="seconds (default: by size)")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
     p.add_argument("--name", help="results: bench/results/NAME.json (default: latest, or smoke)")

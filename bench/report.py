@@ -175,6 +175,14 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "aiosmtplib-worker-path" in base and emails:
         row("1 / worker-path SMTP ceiling", _ratio(emails, base["aiosmtplib-worker-path"]["rate"]),
             "x", "the same, without sendmail's passes")  # fmt: skip
+    if paired := results.get("paired"):
+        each = "/".join(f"{r['ratio']:.2f}" for r in paired["rounds"])
+        median = paired["median_emails_per_s"]
+        row("1+2 paired rounds: worker, median", median, "emails/s",
+            f">= {TARGET_EMAILS_PER_S}", ok=median >= TARGET_EMAILS_PER_S)  # fmt: skip
+        row("1+2 paired: / aiosmtplib ceiling, median", paired["median_ratio"], "x",
+            f">= {TARGET_SMTP_CEILING_SHARE} (rounds {each})",
+            ok=paired["median_ratio"] >= TARGET_SMTP_CEILING_SHARE)  # fmt: skip
     _later_rows(results, row, e2e)
     return rows
 
