@@ -45,6 +45,11 @@ class Session:
         self.received.append(line)
         return line
 
+    async def commands(self, count: int) -> None:
+        """Read ``count`` command lines without looking at them (MAIL, RCPT, DATA)."""
+        for _ in range(count):
+            await self.command()
+
     async def body(self) -> bytes:
         return await self.reader.readuntil(b"\r\n.\r\n")
 
@@ -206,8 +211,7 @@ async def test_a_refused_recipient_under_pipelining_sends_no_body(
     (RFC 2920 lets it); the connection is closed."""
 
     async def script(session: Session) -> None:
-        for _ in range(3):
-            await session.command()
+        await session.commands(3)
         await session.reply(b"250 ok\r\n550 5.1.1 no such user\r\n" + data_reply + b"\r\n")
         assert await session.reader.read() == b""
 
@@ -249,8 +253,7 @@ async def test_an_unexpected_reply_raises_what_sendmail_would(
     with the server's code, send nothing more and close the connection."""
 
     async def script(session: Session) -> None:
-        for _ in range(3):
-            await session.command()
+        await session.commands(3)
         await session.reply(replies)
         if replies.endswith(b"354 go\r\n"):
             await session.body()
@@ -272,8 +275,7 @@ async def test_a_server_that_hangs_up_or_goes_quiet_ends_the_exchange(
     never comes is SMTPReadTimeoutError after the client's timeout, not a hang."""
 
     async def script(session: Session) -> None:
-        for _ in range(3):
-            await session.command()
+        await session.commands(3)
         await session.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
         await session.body()
         if ending == "silence":
@@ -301,8 +303,7 @@ async def test_a_cancelled_exchange_aborts_and_the_client_connects_afresh(
     async def script(session: Session) -> None:
         nonlocal sessions
         sessions += 1
-        for _ in range(3):
-            await session.command()
+        await session.commands(3)
         await session.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
         if sessions == 1:  # reads nothing until the client has given up, then all it can
             await asyncio.sleep(0.5)

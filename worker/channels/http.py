@@ -6,9 +6,10 @@ timeouts.
 Why not aiohttp (the worker's client until this module): a provider's answer is a status and a
 small JSON body, and aiohttp spends most of its CPU on what the worker never uses (its request
 and response objects, cookie jar, redirects, multidict headers, one timer context per read).
-With 64 requests in flight on one pool against the bench's SMS sink, aiohttp took about 80 us
-of CPU per request and this client about 20 (``bench/micro.py``), and an SMS is then no longer
-the costliest step of an event that has one.
+With 64 requests in flight on one pool against the bench's SMS sink, aiohttp took 80-110 us
+of CPU per request and this client 20-30, depending on the machine's day
+(``bench/micro.py``), and an SMS is then no longer the costliest step of an event that has
+one.
 
 What it does, and no more:
 - ``post(url, body, headers)`` -> ``Response(status, body)``; no redirects followed, no

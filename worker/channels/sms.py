@@ -6,7 +6,7 @@ Both send an ``Idempotency-Key`` stable per event, so a gateway that honours it 
 
 The client is the worker's own small one (``worker/channels/http.py`` says why): with 64
 requests in flight on one pool, httpx/httpcore cost about 3 ms of CPU per request, aiohttp
-about 80 us and it about 20 us (``bench/micro.py``).
+80-110 us and it 20-30 us, depending on the machine's day (``bench/micro.py``).
 """
 
 from __future__ import annotations

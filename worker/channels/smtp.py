@@ -110,8 +110,8 @@ async def _open_session(client: aiosmtplib.SMTP) -> None:
             await client.helo()
 
 
-_RCPT_ACCEPTED = (aiosmtplib.SMTPStatus.completed, aiosmtplib.SMTPStatus.will_forward)
 _COMPLETED = aiosmtplib.SMTPStatus.completed
+_RCPT_ACCEPTED = (_COMPLETED, aiosmtplib.SMTPStatus.will_forward)
 _MAX_REPLY = 65536  # octets of an unfinished reply before the server is taken to be broken
 
 
@@ -244,7 +244,7 @@ class _Exchange(asyncio.Protocol):
         """The error ``sendmail`` raises for this reply, or None when it is the expected one."""
         data = len(self._commands) - 1
         if index == 0:
-            ok = code == aiosmtplib.SMTPStatus.completed
+            ok = code == _COMPLETED
             return None if ok else aiosmtplib.SMTPSenderRefused(code, text, self._mail.sender)
         if index < data:
             recipient = self._mail.recipients[index - 1]
