@@ -7,12 +7,22 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from worker.logs import bind, get_logger, mask_email, mask_phone, merge_context, new_context
+from worker.logs import (
+    add_timestamp,
+    bind,
+    get_logger,
+    mask_email,
+    mask_phone,
+    merge_context,
+    new_context,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,3 +147,17 @@ async def test_lines_carry_the_record_context_of_their_task() -> None:
         ("sent", "shipments", "e-1", "own"),
         ("sent", "shipments", "e-2", "own"),
     ]
+
+
+def test_the_timestamp_is_utc_to_the_microsecond() -> None:
+    """Every line's timestamp is an ISO 8601 UTC time with six fractional digits, now."""
+    before = time.time()
+    stamps = [add_timestamp(None, "info", {})["timestamp"] for _ in range(1000)]
+    after = time.time()
+    for stamp in stamps:
+        assert len(stamp) == len("2026-11-21T08:15:00.123456Z")
+        assert stamp.endswith("Z")
+        at = datetime.fromisoformat(stamp)
+        assert at.utcoffset() is not None and at.utcoffset().total_seconds() == 0
+        assert before - 1e-6 <= at.timestamp() <= after + 1e-6
+    assert add_timestamp(None, "info", {"x": 1})["x"] == 1
