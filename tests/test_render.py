@@ -22,7 +22,7 @@ import pytest
 from tests.factories import event
 from worker.events import Event, Shop
 from worker.preview import sample_event
-from worker.render import Renderer, RenderError, _fields
+from worker.render import RECENT_CONTEXTS, Renderer, RenderError, _fields
 from worker.settings import STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,3 +331,27 @@ def test_templates_see_the_shipment_and_customer_as_model_dump_gives_them(status
     sample = sample_event(status, "vi")
     assert _fields(sample.shipment) == sample.shipment.model_dump()
     assert _fields(sample.customer) == sample.customer.model_dump()
+
+
+def test_interleaved_events_each_render_with_their_own_context() -> None:
+    """An event's SMS rendered after many other events' emails (as concurrent tasks render
+    them, and past the contexts the renderer keeps) carries that event's data only."""
+    events = [
+        Event.model_validate(
+            event(
+                f"evt-{i}",
+                "shipped",
+                customer={"name": f"Customer {i}", "locale": "en"},
+                shipment={"order_id": f"ORD-{i}"},
+            )
+        )
+        for i in range(RECENT_CONTEXTS + 10)
+    ]
+    interleaved = Renderer(TEMPLATES, "en", DEFAULT_SHOP)
+    emails = [interleaved.email(e) for e in events]
+    sms = [interleaved.sms(e) for e in reversed(events)][::-1]
+    one_by_one = Renderer(TEMPLATES, "en", DEFAULT_SHOP)
+    for i, e in enumerate(events):
+        assert (emails[i], sms[i]) == (one_by_one.email(e), one_by_one.sms(e))
+        assert f"Customer {i}," in emails[i].text
+        assert f"Your order ORD-{i} has shipped" in sms[i].text
