@@ -7,7 +7,6 @@ for it (a plausible email address; a phone number that normalises to E.164).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,9 +80,6 @@ def usable_email(address: str) -> bool:
     return _EMAIL.match(address) is not None
 
 
-# A shipment's customer gets a notification per status, each with the same number, and
-# phonenumbers takes about 25 us to parse and validate one: the last few thousand are kept.
-@functools.lru_cache(maxsize=4096)
 def normalize_phone(raw: str, locale: str | None) -> str | None:
     """E.164 form of ``raw``, or None when it is not a valid number. A number without a
     country code is read in the locale's region (``vi-VN`` -> VN; ``ko`` -> KR)."""
