@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.channels import Outgoing, idempotency_key, mime
-from worker.channels.mime import HeaderInjection, MimeBuilder
+from worker.channels.mime import MAX_LINE, HeaderInjection, MimeBuilder, lines_fit
 
 NOW = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 
@@ -149,6 +149,21 @@ def test_a_line_over_998_octets_or_the_boundary_falls_back_to_quoted_printable()
     parts = list(parse(wire.data).iter_parts())
     assert len(parts) == 2
     assert parts[1].get_content().replace("\r\n", "\n") == forged
+
+
+@given(
+    lengths=st.lists(
+        st.one_of(st.integers(0, 40), st.integers(990, 1000), st.integers(0, 2100)),
+        max_size=12,
+    ),
+    end=st.booleans(),
+)
+@settings(max_examples=500, deadline=None)
+def test_lines_fit_measures_every_line(lengths: list[int], end: bool) -> None:
+    """``lines_fit`` says whether every line is at most 998 octets exactly as measuring each
+    line would, whatever the mix of short lines and lines around and over the limit."""
+    body = b"\n".join(b"x" * n for n in lengths) + (b"\n" if end else b"")
+    assert lines_fit(body) == (max(map(len, body.split(b"\n"))) <= MAX_LINE)
 
 
 def test_without_8bitmime_every_part_is_quoted_printable() -> None:
