@@ -5,6 +5,9 @@ Events are realistic in size and mix: locales en/vi/ko/de with regional tags, ev
 (weighted like a real shop: many confirmations and deliveries, few returns), shop and shipment
 details, some customers without a phone or who opted out of SMS. Each event has its own
 shipment, so the ordering rules never skip one: every planned notification must arrive.
+Phone numbers come from a pool of 48 valid ones per market (drawing and validating a fresh one
+per event would slow the producer): a worker-side cache keyed on the number would hit here far
+more often than in a shop, whose customers get their next status hours later.
 """
 
 from __future__ import annotations
