@@ -32,9 +32,11 @@ and measures:
    dedup store growth included): peak, and whether the second half of the run still grows.
 6. **profile**: py-spy on the worker while it sends: loop-thread time per notification and
    step; **micro**: the same steps timed in isolation with the proposed replacements; and
-   **variants**: (1) with a setting changed from its default (``EVENT_LOOP=asyncio``), each
-   as a ratio to a control run with the defaults made just before (the worker under test
-   keeps changing, and so does the machine's load).
+   **variants**: (1) with a setting changed from its default, each as a ratio to a control
+   run with the defaults made just before (the worker under test keeps changing, and so does
+   the machine's load): ``EVENT_LOOP=asyncio``, and three that take a part of the work away
+   to show what it costs end to end (the in-memory dedup store, ``LOG_LEVEL=WARNING``, and
+   no SMS channel: emails only, with one ``notification_skipped`` line for each SMS).
 
 Results: a table on stdout, ``bench/results/latest.json`` and ``bench/results/bench.png``.
 Every process it starts is stopped at the end, also on failure or Ctrl-C; exit status 1 when
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -77,8 +80,15 @@ from bench.profiling import PySpy, analyse
 from bench.worker_run import Counts, Target, Tuning, WorkerRun, run_worker
 
 RESULTS = ROOT / "bench" / "results"
-# a variant: the worker with these settings instead of the defaults
-VARIANTS: dict[str, dict[str, str]] = {"asyncio loop": {"EVENT_LOOP": "asyncio"}}
+# a variant: the worker with these settings instead of the defaults. Besides the event loop,
+# each one takes away a part of the work (durable dedup, INFO lines, SMS): what a part costs
+# end to end, kernel and allocator included, which the profile's samples do not show
+VARIANTS: dict[str, dict[str, str]] = {
+    "asyncio loop": {"EVENT_LOOP": "asyncio"},
+    "memory store": {"DEDUP_URL": "memory://"},
+    "warning logs": {"LOG_LEVEL": "WARNING"},
+    "no SMS": {"SMS_PROVIDER": "disabled"},
+}
 
 
 @dataclass(frozen=True)
@@ -176,9 +186,19 @@ class Bench:
         return lambda: (self.smtp_sink.count(), self.sms_sink.stats()["sms"])
 
     def _worker(
-        self, name: str, count: int, tuning: Tuning, sinks: PySinks | None = None, **kw: Any
+        self,
+        name: str,
+        count: int,
+        tuning: Tuning,
+        sinks: PySinks | None = None,
+        *,
+        sms: bool = True,
+        **kw: Any,
     ) -> WorkerRun:
+        """``sms``: whether the worker sends SMS (False: it has none configured)."""
         topic, expected = self.topic(count)
+        if not sms:
+            expected = dataclasses.replace(expected, sms=0)
         if sinks is None:  # smtp-sink for email, the shared sink for SMS
             target = Target(self.bootstrap, topic, self.smtp_sink.port, self.sms_sink.sms_url)
             counts = self._postfix_counts()
@@ -337,7 +357,8 @@ class Bench:
         found = {}
         for name, env in {"control": {}, **VARIANTS}.items():
             run = self._worker(f"variant-{name.replace(' ', '-')}", self.sizes.variant_events,
-                               self.fast, extra_env=env)  # fmt: skip
+                               self.fast, extra_env=env,
+                               sms=env.get("SMS_PROVIDER") != "disabled")  # fmt: skip
             found[name] = {**run.as_json(), "settings": env}
         return found
 
