@@ -9,19 +9,28 @@ import sys
 import textwrap
 import time
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from worker.logs import (
+    _json_text,
     add_timestamp,
     bind,
     get_logger,
+    json_line,
     mask_email,
     mask_phone,
     merge_context,
     new_context,
+    redact_contacts,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +51,11 @@ JSON_LOGGING_SCRIPT = textwrap.dedent(
     log.info("odd_values", big=2**70, thing=Decimal("1.5"))
     logging.getLogger("aiokafka").info("rebalance step")
     logging.getLogger("aiokafka").warning("heartbeat failed for %s", "Gruppe Süd")
+    try:
+        raise RuntimeError("550 lan.nguyen@example.com unknown; SMS to +84901234567 failed")
+    except RuntimeError:
+        log.error("send_crashed", exc_info=True)
+        logging.getLogger("aiokafka").error("callback failed", exc_info=True)
     print("stdout stays clean")
     """
 )
@@ -102,6 +116,8 @@ def test_json_logs_are_one_object_per_line_on_stderr() -> None:
         ("odd_values", "info", "worker.pipeline"),
         ("odd_values", "info", "worker.pipeline"),
         ("heartbeat failed for Gruppe Süd", "warning", "aiokafka"),
+        ("send_crashed", "error", "worker.pipeline"),
+        ("callback failed", "error", "aiokafka"),
     ]
     assert all(set(r) >= {"event", "level", "timestamp"} for r in records)
     assert records[0]["shop"] == "Cửa hàng Sen"
@@ -115,6 +131,11 @@ def test_json_logs_are_one_object_per_line_on_stderr() -> None:
     )
     assert '"Cửa hàng Sen"' in lines[0]
     assert "\\u" not in stderr
+    # a traceback is masked too, from either logger
+    masked = "RuntimeError: 550 l***@example.com unknown; SMS to +84******567"
+    for crash in records[-2:]:
+        assert masked in crash["exception"]
+    assert "lan.nguyen" not in stderr and "901234" not in stderr
 
 
 async def test_lines_carry_the_record_context_of_their_task() -> None:
@@ -161,3 +182,54 @@ def test_the_timestamp_is_utc_to_the_microsecond() -> None:
         assert at.utcoffset() is not None and at.utcoffset().total_seconds() == 0
         assert before - 1e-6 <= at.timestamp() <= after + 1e-6
     assert add_timestamp(None, "info", {"x": 1})["x"] == 1
+
+
+@given(st.text(max_size=40))
+def test_masking_again_changes_nothing(text: str) -> None:
+    """A masked address or number reads the same after redaction, so redaction may skip it."""
+    for masked in (mask_email(text), mask_phone(text)):
+        assert redact_contacts(None, "info", {"to": str(masked)})["to"] == masked
+
+
+def _chain_line(name: str, method: str, event: dict[str, Any]) -> bytes:
+    """The line the processor chain (the console format's path, with the JSON renderer)
+    writes for ``event``."""
+    logger = SimpleNamespace(name=name)
+    for step in (
+        merge_context,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        add_timestamp,
+        structlog.processors.format_exc_info,
+        redact_contacts,
+    ):
+        event = step(logger, method, event)
+    rendered: str = structlog.processors.JSONRenderer(serializer=_json_text)(logger, method, event)
+    return rendered.encode()
+
+
+def test_the_one_step_json_line_is_the_chains_line() -> None:
+    """``json_line`` writes what the processor chain writes: the same keys in the same order
+    with the same values (the timestamp aside), for plain, odd, masked and failing events."""
+    try:
+        raise ValueError("bounce from an@example.com")
+    except ValueError as exc:
+        error = exc
+    events = [
+        ("info", {"event": "notification_sent", "channel": "email", "to": mask_email("a@b.co")}),
+        ("warning", {"event": "x", "reason": "call +84901234567 or lan@example.com"}),
+        ("warn", {"event": "x", "offset": "own", "keys": {1: "a"}, "big": 2**70}),
+        ("error", {"event": "send_crashed", "exc_info": error, "n": Decimal("1.5")}),
+        ("exception", {"event": "y", "shop": "Cửa hàng Sen", "sent": ["email", "sms"]}),
+    ]
+    new_context(topic="shipments", offset=7, key="SHP-1", event_id="e-1")
+    try:
+        for method, event in events:
+            one_step = json_line(SimpleNamespace(name="worker.x"), method, dict(event))
+            chain = _chain_line("worker.x", method, dict(event))
+            assert isinstance(one_step, bytes)
+            ours, theirs = json.loads(one_step), json.loads(chain)
+            assert ours.pop("timestamp")[:19] == theirs.pop("timestamp")[:19]
+            assert list(ours.items()) == list(theirs.items())
+    finally:
+        new_context()
