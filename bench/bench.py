@@ -34,9 +34,10 @@ and measures:
    step; **micro**: the same steps timed in isolation with the proposed replacements; and
    **variants**: (1) with a setting changed from its default, each as a ratio to a control
    run with the defaults made just before (the worker under test keeps changing, and so does
-   the machine's load): ``EVENT_LOOP=asyncio``, and three that take a part of the work away
-   to show what it costs end to end (the in-memory dedup store, ``LOG_LEVEL=WARNING``, and
-   no SMS channel: emails only, with one ``notification_skipped`` line for each SMS).
+   the machine's load), over three rounds, the median ratio read: ``EVENT_LOOP=asyncio``,
+   and three that take a part of the work away to show what it costs end to end (the
+   in-memory dedup store, ``LOG_LEVEL=WARNING``, and no SMS channel: emails only, with one
+   ``notification_skipped`` line for each SMS).
 
 Results: a table on stdout, ``bench/results/latest.json`` and ``bench/results/bench.png``.
 Every process it starts is stopped at the end, also on failure or Ctrl-C; exit status 1 when
@@ -102,11 +103,12 @@ class Sizes:
     variant_events: int
     partitions: int
     paired_rounds: int
+    variant_rounds: int
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
     if args.smoke:
-        return Sizes(300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions, 1)
+        return Sizes(300, 100, 300, args.latency_rate, 300, 300, 300, args.partitions, 1, 1)
     return Sizes(
         events=args.events,
         naive_records=min(args.events, args.naive_records),
@@ -117,6 +119,7 @@ def sizes(args: argparse.Namespace) -> Sizes:
         variant_events=min(args.events, args.variant_events),
         partitions=args.partitions,
         paired_rounds=args.paired_rounds,
+        variant_rounds=args.variant_rounds,
     )
 
 
@@ -352,14 +355,24 @@ class Bench:
         return found
 
     def variants(self) -> dict[str, Any]:
-        """A control run with the default settings first, then each variant, back to back: the
-        worker and the machine's load change over a long run, the ratios should not."""
-        found = {}
-        for name, env in {"control": {}, **VARIANTS}.items():
-            run = self._worker(f"variant-{name.replace(' ', '-')}", self.sizes.variant_events,
-                               self.fast, extra_env=env,
-                               sms=env.get("SMS_PROVIDER") != "disabled")  # fmt: skip
-            found[name] = {**run.as_json(), "settings": env}
+        """``variant_rounds`` rounds of a control run with the default settings, then each
+        variant, back to back. The machine's speed drifts within a round too, so the figure
+        to read is a variant's median over the rounds of its ratio to its round's control.
+        Each entry is the variant's first run, plus ``rounds`` (emails/s), ``ratios`` and
+        ``median_ratio``."""
+        found: dict[str, Any] = {}
+        for i in range(1, self.sizes.variant_rounds + 1):
+            for name, env in {"control": {}, **VARIANTS}.items():
+                label = f"variant-{name.replace(' ', '-')}" + (f"-{i}" if i > 1 else "")
+                run = self._worker(label, self.sizes.variant_events, self.fast, extra_env=env,
+                                   sms=env.get("SMS_PROVIDER") != "disabled")  # fmt: skip
+                entry = found.setdefault(name, {**run.as_json(), "settings": env, "rounds": []})
+                entry["rounds"].append(run.emails_per_s)
+        controls = found["control"]["rounds"]
+        for entry in found.values():
+            ratios = [r / c for r, c in zip(entry["rounds"], controls, strict=True) if c]
+            entry["ratios"] = [round(r, 3) for r in ratios]
+            entry["median_ratio"] = round(statistics.median(ratios), 3) if ratios else None
         return found
 
 
@@ -435,6 +448,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delayed-pool-size", type=int, default=200, help="SMTP_POOL_SIZE for (3)")
     p.add_argument("--delayed-sms-pool-size", type=int, default=200, help="SMS_POOL_SIZE for (3)")
     p.add_argument("--paired-rounds", type=int, default=3, help="rounds of (1) + ceiling")
+    p.add_argument("--variant-rounds", type=int, default=3,
+                   help="rounds of the control and every variant")  # fmt: skip
     p.add_argument("--parts", default="e2e,baselines,paired,delayed,latency,memory,profile,"
                    "micro,variants", help="comma-separated subset to run")  # fmt: skip
     p.add_argument("--part-timeout", type=float, default=0, help="seconds (default: by size)")
