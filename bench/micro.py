@@ -185,7 +185,7 @@ def log_costs(settings: Any) -> dict[str, float]:
     with redirect_stderr(io.StringIO()):  # no buffer under it: the chain of processors
         logs.configure(settings.log)
         loggers.clear()
-        costs["one log line (processor chain, text stream, before)"] = per_call_us(one_line)
+        costs["one log line (the processor chain, to a text stream)"] = per_call_us(one_line)
         _configure_through_stdlib_logging(settings.log)
         loggers.clear()
         costs["one log line (structlog via stdlib logging, long before)"] = per_call_us(one_line)
