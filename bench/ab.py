@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,41 +63,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=20_000)
     args = p.parse_args(argv)
     a, b = _git("rev-parse", "--short", args.a), _git("rev-parse", "--short", args.b)
-    rounds: list[dict[str, float]] = []
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         trees = {"a": Path(tmp) / "a", "b": Path(tmp) / "b"}  # by side: a and b may be equal
         try:
             _worktree(a, trees["a"])
             _worktree(b, trees["b"])
             for i in range(1, args.rounds + 1):
-                result = {
+                result: dict[str, Any] = {
                     side: _emails_per_s(tree, f"ab-{side}-{i}", args.events)
                     for side, tree in trees.items()
                 }
-                result["ratio"] = round(result["b"] / result["a"], 3)
+                # 0: a run so short that it ended before its sending could be timed
+                timed = result["a"] > 0 and result["b"] > 0
+                result["ratio"] = round(result["b"] / result["a"], 3) if timed else None
                 rounds.append(result)
+                ratio = f"{result['ratio']:.2f}x" if timed else "too short to time"
                 print(
-                    f"round {i}: {a} {result['a']:,.0f}, {b} {result['b']:,.0f} emails/s:"
-                    f" {result['ratio']:.2f}x",
+                    f"round {i}: {a} {result['a']:,.0f}, {b} {result['b']:,.0f} emails/s: {ratio}",
                     flush=True,
                 )
         finally:
             for tree in trees.values():
                 if tree.exists():
                     _git("worktree", "remove", "--force", str(tree))
+    ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
     summary = {
         "a": a,
         "b": b,
         "events": args.events,
         "rounds": rounds,
-        "median_ratio": statistics.median(r["ratio"] for r in rounds),
+        "median_ratio": statistics.median(ratios) if ratios else None,
         "mean_emails_per_s": {
             side: round(statistics.fmean(r[side] for r in rounds), 1) for side in ("a", "b")
         },
     }
     means = summary["mean_emails_per_s"]
+    median = f"median {summary['median_ratio']:.2f}x" if ratios else "no ratio"
     print(
-        f"{b} / {a}: median {summary['median_ratio']:.2f}x over {len(rounds)} rounds;"
+        f"{b} / {a}: {median} over {len(ratios)} of {len(rounds)} rounds timed;"
         f" means {means['b']:,.0f} and {means['a']:,.0f} emails/s"
     )
     out = ROOT / "bench" / "results" / f"ab-{a}-{b}.json"
