@@ -183,6 +183,32 @@ def test_json_lines_keep_their_place_in_stderr_and_follow_a_swapped_stderr() -> 
     assert json.loads(result.stdout)["event"] == "second"
 
 
+def test_a_stderr_in_another_encoding_gets_every_line_in_that_encoding() -> None:
+    """With stderr in Latin-1, the worker's lines and the standard library's come out in
+    Latin-1 alike (the UTF-8 fast path stands aside)."""
+    script = textwrap.dedent(
+        """
+        import logging
+        from worker.logs import configure, get_logger
+        from worker.settings import LogFormat, LogSettings
+
+        configure(LogSettings(level="INFO", format=LogFormat.JSON))
+        get_logger("worker.a").info("sent", shop="Gruppe Süd")
+        logging.getLogger("aiokafka").warning("heartbeat failed for Gruppe Süd")
+        """
+    )
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line.decode("latin-1")) for line in result.stderr.splitlines()]
+    assert [line.get("shop") or line["event"] for line in lines] == [
+        "Gruppe Süd",
+        "heartbeat failed for Gruppe Süd",
+    ]
+
+
 async def test_lines_carry_the_record_context_of_their_task() -> None:
     """Lines carry what their task bound (their own keys win); a sibling task, a task started
     before the bind, and a new record context do not see it."""
