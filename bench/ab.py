@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             for tree in trees.values():
                 if tree.exists():
                     _git("worktree", "remove", "--force", str(tree))
-    timed_rounds = [r for r in rounds if r["ratio"] is not None] or rounds
-    ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
+    timed = [r for r in rounds if r["ratio"] is not None]
+    ratios = [r["ratio"] for r in timed]
+    averaged = timed or rounds
     summary = {
         "a": a,
         "b": b,
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "median_ratio": statistics.median(ratios) if ratios else None,
         "mean_emails_per_s": {
-            side: round(statistics.fmean(r[side] for r in timed_rounds), 1) for side in ("a", "b")
+            side: round(statistics.fmean(r[side] for r in averaged), 1) for side in ("a", "b")
         },
     }
     means = summary["mean_emails_per_s"]
