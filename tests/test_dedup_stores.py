@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store
-from worker.dedup.store import Claim
+from worker.dedup.store import Claim, StoreUnavailable
 
 OpenStore = Callable[..., Awaitable[DedupStore]]
 
@@ -180,38 +181,91 @@ async def test_the_shipment_state_never_moves_back_in_time(open_fresh: OpenStore
     assert (await store.load("e1", "s1")).shipment == ShipmentState("delivered", 2000.0)
 
 
-async def test_sqlite_writes_are_committed_when_they_return(tmp_path: Path) -> None:
-    """Group commit: writes made concurrently share one commit, and each call returns only
-    once its change is visible to another connection (so durable across a crash)."""
+# A child process writes through the store, reporting each write once it returned, until it
+# is killed; argv: the file's path.
+_WRITER = """
+import asyncio, sys
+from worker.dedup import ShipmentState, open_store
+
+async def one(store, i):
+    state = ShipmentState("shipped", 1.0)
+    assert await store.accept(f"e{i}", ("email",), f"s{i}", state, "w/1", 60) == ("email",)
+    print("accepted", i, flush=True)
+    assert (await store.claim(f"e{i}", "email", "w/2", 60)).granted  # a restarted w takes over
+    print("claimed", i, flush=True)
+    await store.mark_done(f"e{i}", "email", "sent")
+    print("done", i, flush=True)
+
+async def main():
+    store = open_store("sqlite:///" + sys.argv[1], 3600)
+    for batch in range(10**6):
+        await asyncio.gather(*(one(store, batch * 50 + i) for i in range(50)))
+
+asyncio.run(main())
+"""
+
+
+def test_sqlite_writes_survive_a_kill_once_they_return(tmp_path: Path) -> None:
+    """Group commit: a write returns only once its change is committed, so every write the
+    process reported survives a SIGKILL right after (50 concurrent writers share commits)."""
     import sqlite3
+    import subprocess
+    import sys
 
     path = tmp_path / "dedup.sqlite3"
-    store = open_store(f"sqlite:///{path}", 3600)
-    other = sqlite3.connect(path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    reported: dict[str, set[int]] = {"accepted": set(), "claimed": set(), "done": set()}
     try:
-
-        async def one(i: int) -> None:
-            state = ShipmentState("shipped", 1.0)
-            claimed = await store.accept(f"e{i}", ("email",), f"s{i}", state, "w/1", 60)
-            assert claimed == ("email",)
-            assert other.execute(
-                "SELECT count(*) FROM events WHERE event_id = ?", (f"e{i}",)
-            ).fetchone() == (1,)
-            assert other.execute(
-                "SELECT owner FROM claims WHERE event_id = ?", (f"e{i}",)
-            ).fetchone() == ("w/1",)
-            claim = await store.claim(f"e{i}", "email", "w/2", 60)  # a restarted w takes over
-            assert claim.granted
-            assert other.execute(
-                "SELECT owner FROM claims WHERE event_id = ?", (f"e{i}",)
-            ).fetchone() == ("w/2",)
-            await store.mark_done(f"e{i}", "email", "sent")
-            assert other.execute(
-                "SELECT done FROM events WHERE event_id = ?", (f"e{i}",)
-            ).fetchone() == ('{"email":"sent"}',)
-
-        await asyncio.gather(*(one(i) for i in range(200)))
-        assert other.execute("SELECT count(*) FROM claims").fetchone() == (0,)
+        assert child.stdout is not None
+        while len(reported["accepted"]) < 425:
+            line = child.stdout.readline()
+            assert line, f"the writer stopped, exit code {child.poll()}"
+            step, number = line.split()
+            reported[step].add(int(number))
     finally:
-        other.close()
-        await store.close()
+        child.kill()
+        child.wait()
+    assert reported["accepted"] - reported["done"], "the kill should land amid writes"
+    db = sqlite3.connect(path)
+    try:
+        rows = {
+            int(event_id[1:]): (json.loads(done), owner and {"email": [owner]})
+            for event_id, done, owner in db.execute(
+                "SELECT events.event_id, done, owner FROM events LEFT JOIN claims"
+                " ON claims.event_id = events.event_id"
+            )
+        }
+    finally:
+        db.close()
+    for i in reported["accepted"]:
+        assert i in rows, f"e{i} was reported accepted but is not in the file"
+        done, claims = rows[i]
+        if i in reported["done"]:
+            assert (done, claims) == ({"email": "sent"}, None), i
+        elif i in reported["claimed"]:
+            assert claims["email"][0] == "w/2", i
+        else:
+            assert claims["email"][0] in ("w/1", "w/2"), i
+
+
+async def test_a_second_process_on_the_same_sqlite_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker per SQLite file: a second store on it fails with an error naming the file,
+    and once the first is closed the file opens again with what it remembered."""
+    from worker.dedup import sqlite
+
+    monkeypatch.setattr(sqlite, "LOCK_WAIT", 0.2)
+    path = tmp_path / "dedup.sqlite3"
+    first = open_store(f"sqlite:///{path}", 3600)
+    await first.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
+    with pytest.raises(StoreUnavailable, match=f"{path} is in use by another process"):
+        open_store(f"sqlite:///{path}", 3600)
+    await first.close()
+    second = open_store(f"sqlite:///{path}", 3600)
+    try:
+        assert (await second.load("e1", "s1")).event == EventRecord(("email",), {})
+    finally:
+        await second.close()

@@ -19,6 +19,7 @@ from tests.factories import event, record
 from tests.processes import WorkerProcess
 from tests.sinks import SmsSink, SmtpSink
 from worker.cli import GC_YOUNG_THRESHOLD
+from worker.dedup import EventRecord, ShipmentState, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 WATCHED = {"worker_started", "event_notified", "event_dead_lettered"}
@@ -165,3 +166,30 @@ async def test_work_still_running_at_shutdown_timeout_is_abandoned_uncommitted(
     await asyncio.sleep(max(0.0, held_until + 0.5 - time.monotonic()))
     [mail] = smtp_sink.messages
     assert mail.rcpt_tos == ["an@example.com"]
+
+
+async def test_a_second_worker_on_the_same_sqlite_file_stops_at_start_up(tmp_path: Path) -> None:
+    """While a store holds the SQLite file, ``python -m worker run`` on it exits 2 with a
+    start-up error naming DEDUP_URL and the file, without touching what is stored."""
+    path = tmp_path / "dedup.sqlite3"
+    holder = open_store(f"sqlite:///{path}", 3600)
+    await holder.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            cwd=ROOT,
+            env={**os.environ, "DEDUP_URL": f"sqlite:///{path}"},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert (await holder.load("e1", "s1")).event == EventRecord(("email",), {})
+    finally:
+        await holder.close()
+    assert process.returncode == 2
+    assert stderr.decode().splitlines()[-1] == (
+        f"start-up error: DEDUP_URL: {path} is in use by another process (one worker per"
+        " SQLite file; replicas share a Redis store instead)"
+    )

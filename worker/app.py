@@ -16,6 +16,7 @@ from worker.channels.sms import TwilioSender, WebhookSender, http_client
 from worker.channels.smtp import SmtpSender
 from worker.consumer import KeyOrderedConsumer, Record, build_consumer
 from worker.dedup import DedupStore, open_store
+from worker.dedup.store import StoreUnavailable
 from worker.delivery import Courier, InProcessRetry
 from worker.envelope import Envelope
 from worker.events import Shop
@@ -74,9 +75,12 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
 
 
 def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
-    store = open_store(
-        settings.dedup_url, settings.dedup.ttl_days * 86400, settings.dedup.key_prefix
-    )
+    try:
+        store = open_store(
+            settings.dedup_url, settings.dedup.ttl_days * 86400, settings.dedup.key_prefix
+        )
+    except StoreUnavailable as exc:
+        raise StartupError(f"DEDUP_URL: {exc}") from exc
     stack.push_async_callback(store.close)
     return store
 

@@ -5,7 +5,8 @@ per commit) a statement takes a few microseconds, less than a round trip to a wo
 (about 90 us measured), and the connection never changes threads. WAL with
 ``synchronous=NORMAL`` keeps every committed write across a crash of the process, which is the
 failure the offset bookkeeping guards against (not across a power cut). One worker process per
-file: replicas share Redis instead.
+file, held in SQLite's exclusive locking mode (a second process fails at start-up); replicas
+share Redis instead.
 
 Group commit: a write runs at once inside the connection's open transaction and then waits for
 that transaction's commit, which happens ``COMMIT_WINDOW`` after the first write that is not
@@ -31,6 +32,7 @@ from worker.dedup.store import (
     EventRecord,
     ShipmentState,
     Snapshot,
+    StoreUnavailable,
     worker_of,
 )
 
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 CREATE INDEX IF NOT EXISTS shipments_expiry ON shipments (expires_at);
 """
+LOCK_WAIT = 5.0  # seconds a second process waits for the file before start-up fails
 
 
 class SqliteStore:
@@ -230,11 +233,28 @@ class SqliteStore:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
-    db.executescript(_SCHEMA)
+    """The store's connection, holding the file for this process alone (one worker per file:
+    without other processes, no file locks are taken and released per transaction, and a
+    second worker on the same file fails at start-up instead of sharing it)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
+    try:
+        db.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before WAL: no shared-memory index
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("BEGIN IMMEDIATE")  # takes the file's lock now, and keeps it
+        db.executescript(_SCHEMA)  # commits
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if "locked" in str(exc):
+            raise StoreUnavailable(
+                f"{path} is in use by another process (one worker per SQLite file;"
+                " replicas share a Redis store instead)"
+            ) from exc
+        raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
     db.isolation_level = "DEFERRED"
     return db

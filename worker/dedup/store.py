@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be used: e.g. its SQLite file is held by another process."""
+
+
 @dataclass(frozen=True, slots=True)
 class ShipmentState:
     status: str
