@@ -181,6 +181,18 @@ async def test_the_shipment_state_never_moves_back_in_time(open_fresh: OpenStore
     assert (await store.load("e1", "s1")).shipment == ShipmentState("delivered", 2000.0)
 
 
+async def test_a_claim_without_an_event_record_is_exclusive(open_fresh: OpenStore) -> None:
+    """A retry whose event record is gone (expired, or another store) still claims its
+    channel against other workers, and marking it done leaves no record to load."""
+    store = await open_fresh()
+    assert await store.claim("e9", "sms", "worker-a/1", lease=60) == Claim(True)
+    assert await store.claim("e9", "sms", "worker-b/1", lease=60) == Claim(
+        False, holder="worker-a/1"
+    )
+    await store.mark_done("e9", "sms", "sent")
+    assert await store.load("e9", "s9") == Snapshot(event=None, shipment=None)
+
+
 # A child process writes through the store, reporting each write once it returned, until it
 # is killed; argv: the file's path.
 _WRITER = """
@@ -231,11 +243,8 @@ def test_sqlite_writes_survive_a_kill_once_they_return(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     try:
         rows = {
-            int(event_id[1:]): (json.loads(done), owner and {"email": [owner]})
-            for event_id, done, owner in db.execute(
-                "SELECT events.event_id, done, owner FROM events LEFT JOIN claims"
-                " ON claims.event_id = events.event_id"
-            )
+            int(event_id[1:]): (json.loads(done), json.loads(claims))
+            for event_id, done, claims in db.execute("SELECT event_id, done, claims FROM events")
         }
     finally:
         db.close()
@@ -243,7 +252,7 @@ def test_sqlite_writes_survive_a_kill_once_they_return(tmp_path: Path) -> None:
         assert i in rows, f"e{i} was reported accepted but is not in the file"
         done, claims = rows[i]
         if i in reported["done"]:
-            assert (done, claims) == ({"email": "sent"}, None), i
+            assert (done, claims) == ({"email": "sent"}, {}), i
         elif i in reported["claimed"]:
             assert claims["email"][0] == "w/2", i
         else:
@@ -269,3 +278,60 @@ async def test_a_second_process_on_the_same_sqlite_file_is_refused(
         assert (await second.load("e1", "s1")).event == EventRecord(("email",), {})
     finally:
         await second.close()
+
+
+# The SQLite schema up to b3704d1: claims in a table of their own, user_version 0.
+_SCHEMA_1 = """
+CREATE TABLE events (event_id TEXT PRIMARY KEY, channels TEXT NOT NULL,
+    done TEXT NOT NULL DEFAULT '{}', expires_at REAL NOT NULL);
+CREATE TABLE shipments (shipment_id TEXT PRIMARY KEY, status TEXT NOT NULL,
+    occurred_at REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE claims (event_id TEXT NOT NULL, channel TEXT NOT NULL, owner TEXT NOT NULL,
+    expires_at REAL NOT NULL, PRIMARY KEY (event_id, channel));
+CREATE INDEX events_expiry ON events (expires_at);
+CREATE INDEX shipments_expiry ON shipments (expires_at);
+"""
+
+
+async def test_a_file_of_the_older_schema_keeps_its_records_and_claims(tmp_path: Path) -> None:
+    """A store file written before the claims moved into the events row opens with every
+    record, outcome and live claim, a claim of an event without a record included."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "dedup.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA_1)
+    later = time.time() + 600
+    old.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?)",
+        [("e1", '["email", "sms"]', '{"email":"sent"}', later), ("e2", '["email"]', "{}", later)],
+    )
+    old.execute("INSERT INTO shipments VALUES ('s1', 'shipped', 1.0, ?)", (later,))
+    old.executemany(
+        "INSERT INTO claims VALUES (?, ?, ?, ?)",
+        [("e1", "sms", "worker-a/1", later), ("e3", "sms", "worker-a/1", later)],
+    )
+    old.commit()
+    old.close()
+    store = open_store(f"sqlite:///{path}", 3600)
+    try:
+        snapshot = await store.load("e1", "s1")
+        assert snapshot.event == EventRecord(("email", "sms"), {"email": "sent"})
+        assert snapshot.shipment == ShipmentState("shipped", 1.0)
+        assert await store.claim("e1", "email", "worker-b/1", 60) == Claim(False, outcome="sent")
+        for event_id in ("e1", "e3"):
+            assert await store.claim(event_id, "sms", "worker-b/1", 60) == Claim(
+                False, holder="worker-a/1"
+            )
+        assert await store.claim("e2", "email", "worker-b/1", 60) == Claim(True)
+        assert (await store.load("e3", "s3")).event is None
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert "claims" not in tables
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    finally:
+        db.close()

@@ -66,14 +66,19 @@ class MemoryStore:
         return Claim(True)
 
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
-        expires, record = self._events[event_id]
-        self._events[event_id] = (expires, replace(record, done={**record.done, channel: outcome}))
         self._claims.pop((event_id, channel), None)
+        stored = self._events.get(event_id)
+        if stored is not None:  # a retry's claim may have had no record
+            expires, record = stored
+            done = {**record.done, channel: outcome}
+            self._events[event_id] = (expires, replace(record, done=done))
 
     async def reopen(self, event_id: str, channel: str) -> None:
-        expires, record = self._events[event_id]
-        done = {c: o for c, o in record.done.items() if c != channel}
-        self._events[event_id] = (expires, replace(record, done=done))
+        stored = self._events.get(event_id)
+        if stored is not None:
+            expires, record = stored
+            done = {c: o for c, o in record.done.items() if c != channel}
+            self._events[event_id] = (expires, replace(record, done=done))
 
     async def close(self) -> None:
         self._events.clear()

@@ -33,7 +33,7 @@ from worker.dedup.store import (
     ShipmentState,
     Snapshot,
     StoreUnavailable,
-    worker_of,
+    may_take_over,
 )
 
 PURGE_EVERY = 3600.0
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS events (
     event_id TEXT PRIMARY KEY,
     channels TEXT NOT NULL,
     done TEXT NOT NULL DEFAULT '{}',
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,  -- 0: no record, a row for a retry's claim alone
+    claims TEXT NOT NULL DEFAULT '{}'  -- channel -> [owner, lease end]
 );
 CREATE TABLE IF NOT EXISTS shipments (
     shipment_id TEXT PRIMARY KEY,
@@ -52,16 +53,10 @@ CREATE TABLE IF NOT EXISTS shipments (
     occurred_at REAL NOT NULL,
     expires_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS claims (
-    event_id TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (event_id, channel)
-);
 CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 CREATE INDEX IF NOT EXISTS shipments_expiry ON shipments (expires_at);
 """
+SCHEMA_VERSION = 2  # 2: the claims in the events row (1, unnumbered: a claims table)
 LOCK_WAIT = 5.0  # seconds a second process waits for the file before start-up fails
 
 
@@ -81,17 +76,15 @@ class SqliteStore:
         now = time.time()
         if now - self._purged_at > PURGE_EVERY:
             self._purge(now)
-        event = self._db.execute(
-            "SELECT channels, done FROM events WHERE event_id = ? AND expires_at > ?",
-            (event_id, now),
-        ).fetchone()
-        shipment = self._db.execute(
-            "SELECT status, occurred_at FROM shipments WHERE shipment_id = ? AND expires_at > ?",
-            (shipment_id, now),
+        channels, done, status, occurred_at = self._db.execute(
+            "SELECT e.channels, e.done, s.status, s.occurred_at FROM (SELECT 1)"
+            " LEFT JOIN events AS e ON e.event_id = ? AND e.expires_at > ?"
+            " LEFT JOIN shipments AS s ON s.shipment_id = ? AND s.expires_at > ?",
+            (event_id, now, shipment_id, now),
         ).fetchone()
         return Snapshot(
-            event=EventRecord(tuple(json.loads(event[0])), json.loads(event[1])) if event else None,
-            shipment=ShipmentState(shipment[0], shipment[1]) if shipment else None,
+            event=EventRecord(tuple(json.loads(channels)), json.loads(done)) if channels else None,
+            shipment=ShipmentState(status, occurred_at) if status is not None else None,
         )
 
     async def accept(
@@ -103,24 +96,29 @@ class SqliteStore:
         owner: str,
         lease: float,
     ) -> tuple[str, ...]:
-        fresh = self._accept(event_id, channels, shipment_id, state)
-        claimed = tuple(
-            c for c in channels if self._claim(event_id, c, owner, lease, fresh=fresh).granted
-        )
+        claimed = self._accept(event_id, channels, shipment_id, state, owner, lease)
         await self._committed()
         return claimed
 
     def _accept(
-        self, event_id: str, channels: tuple[str, ...], shipment_id: str, state: ShipmentState
-    ) -> bool:
-        """Whether the event's record was written anew (no channel has an outcome yet)."""
+        self,
+        event_id: str,
+        channels: tuple[str, ...],
+        shipment_id: str,
+        state: ShipmentState,
+        owner: str,
+        lease: float,
+    ) -> tuple[str, ...]:
+        """The channels claimed. A new event's row is written with every claim in it, in one
+        statement; a stored row (another worker accepted the event meanwhile, or it expired,
+        or a retry claimed a channel of it) takes the step by step path."""
         now = time.time()
         expires = now + self._ttl
-        written = self._db.execute(  # a stored record stays, unless it has expired
-            "INSERT INTO events (event_id, channels, done, expires_at) VALUES (?, ?, '{}', ?)"
-            " ON CONFLICT (event_id) DO UPDATE SET channels = excluded.channels, done = '{}',"
-            " expires_at = excluded.expires_at WHERE events.expires_at <= ?",
-            (event_id, json.dumps(list(channels)), expires, now),
+        claims = {channel: [owner, now + lease] for channel in channels}
+        inserted = self._db.execute(
+            "INSERT INTO events (event_id, channels, done, expires_at, claims)"
+            " VALUES (?, ?, '{}', ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            (event_id, json.dumps(channels), expires, json.dumps(claims)),
         ).rowcount
         self._db.execute(  # the state only moves forward in time
             "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
@@ -131,7 +129,14 @@ class SqliteStore:
             " OR shipments.expires_at <= ?",
             (shipment_id, state.status, state.occurred_at, expires, now),
         )
-        return written == 1
+        if inserted == 1:
+            return channels
+        self._db.execute(  # a stored record stays, unless it has expired
+            "UPDATE events SET channels = ?, done = '{}', expires_at = ?"
+            " WHERE event_id = ? AND expires_at <= ?",
+            (json.dumps(channels), expires, event_id, now),
+        )
+        return tuple(c for c in channels if self._claim(event_id, c, owner, lease).granted)
 
     async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
         self._mark_done(event_id, channel, outcome)
@@ -139,11 +144,9 @@ class SqliteStore:
 
     def _mark_done(self, event_id: str, channel: str, outcome: str) -> None:
         self._db.execute(
-            "UPDATE events SET done = json_set(done, '$.' || ?, ?) WHERE event_id = ?",
-            (channel, outcome, event_id),
-        )
-        self._db.execute(
-            "DELETE FROM claims WHERE event_id = ? AND channel = ?", (event_id, channel)
+            "UPDATE events SET done = json_set(done, '$.' || ?, ?),"
+            " claims = json_remove(claims, '$.' || ?) WHERE event_id = ?",
+            (channel, outcome, channel, event_id),
         )
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
@@ -152,31 +155,33 @@ class SqliteStore:
             await self._committed()
         return claim
 
-    def _claim(
-        self, event_id: str, channel: str, owner: str, lease: float, *, fresh: bool = False
-    ) -> Claim:
-        """``fresh``: the event's record was just written, so no channel has an outcome."""
+    def _claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         now = time.time()
-        if not fresh:
-            done = self._db.execute(
-                "SELECT json_extract(done, '$.' || ?) FROM events WHERE event_id = ?",
-                (channel, event_id),
-            ).fetchone()
-            if done and done[0] and done[0] not in CLAIMABLE_OUTCOMES:
-                return Claim(False, outcome=done[0])
-        taken = self._db.execute(  # unless a live claim of another worker id stands
-            "INSERT INTO claims (event_id, channel, owner, expires_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (event_id, channel) DO UPDATE SET owner = excluded.owner,"
-            " expires_at = excluded.expires_at WHERE claims.expires_at <= ?"
-            " OR substr(claims.owner, 1, instr(claims.owner || '/', '/') - 1) = ?",
-            (event_id, channel, owner, now + lease, now, worker_of(owner)),
-        ).rowcount
-        if taken == 1:
-            return Claim(True)
-        (holder,) = self._db.execute(
-            "SELECT owner FROM claims WHERE event_id = ? AND channel = ?", (event_id, channel)
+        row = self._db.execute(
+            "SELECT json_extract(done, '$.' || ?), json_extract(claims, '$.' || ?)"
+            " FROM events WHERE event_id = ?",
+            (channel, channel, event_id),
         ).fetchone()
-        return Claim(False, holder=holder)
+        if row is None:  # a retry of an event whose record is gone: a row for the claim alone
+            self._db.execute(
+                "INSERT INTO events (event_id, channels, done, expires_at, claims)"
+                " VALUES (?, '[]', '{}', 0, json_object(?, json_array(?, ?)))",
+                (event_id, channel, owner, now + lease),
+            )
+            return Claim(True)
+        done, held = row
+        if done and done not in CLAIMABLE_OUTCOMES:
+            return Claim(False, outcome=done)
+        if held is not None:
+            holder, until = json.loads(held)
+            if until > now and not may_take_over(holder, owner):
+                return Claim(False, holder=holder)
+        self._db.execute(
+            "UPDATE events SET claims = json_set(claims, '$.' || ?, json_array(?, ?))"
+            " WHERE event_id = ?",
+            (channel, owner, now + lease, event_id),
+        )
+        return Claim(True)
 
     async def reopen(self, event_id: str, channel: str) -> None:
         self._reopen(event_id, channel)
@@ -189,9 +194,12 @@ class SqliteStore:
         )
 
     def _purge(self, now: float) -> None:
-        self._db.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
+        self._db.execute(  # a row whose record expired stays while a claim in it is live
+            "DELETE FROM events WHERE expires_at <= ? AND NOT EXISTS"
+            " (SELECT 1 FROM json_each(events.claims) WHERE json_extract(value, '$[1]') > ?)",
+            (now, now),
+        )
         self._db.execute("DELETE FROM shipments WHERE expires_at <= ?", (now,))
-        self._db.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
         self._schedule_commit()
         self._purged_at = now
 
@@ -248,6 +256,7 @@ def _connect(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("BEGIN IMMEDIATE")  # takes the file's lock now, and keeps it
         db.executescript(_SCHEMA)  # commits
+        _migrate(db)
     except sqlite3.OperationalError as exc:
         db.close()
         if "locked" in str(exc):
@@ -258,3 +267,30 @@ def _connect(path: str) -> sqlite3.Connection:
         raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
     db.isolation_level = "DEFERRED"
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file of an older worker to ``SCHEMA_VERSION``, in one transaction."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    if "claims" not in columns:
+        db.execute("ALTER TABLE events ADD COLUMN claims TEXT NOT NULL DEFAULT '{}'")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "claims" in tables:
+        # a claim of an event without a record (a retry's) gets a row of its own, as _claim does
+        db.execute(
+            "INSERT INTO events (event_id, channels, done, expires_at)"
+            " SELECT DISTINCT event_id, '[]', '{}', 0 FROM claims"
+            " WHERE event_id NOT IN (SELECT event_id FROM events)"
+        )
+        db.execute(
+            "UPDATE events SET claims = (SELECT json_group_object(channel,"
+            " json_array(owner, expires_at)) FROM claims WHERE claims.event_id = events.event_id)"
+            " WHERE event_id IN (SELECT event_id FROM claims)"
+        )
+        db.execute("DROP TABLE claims")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("COMMIT")
