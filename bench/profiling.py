@@ -49,6 +49,16 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline / delivery glue", ("worker/",)),
 )
 EVENT_LOOP = ("asyncio/", "uvloop/", "selectors", "socket.py")
+# the frames that drive the loop: a sample whose innermost frames reach one of these before a
+# step's frame is the loop's own work (uvloop's C code runs under Runner.run), not that of the
+# worker frames outside it (``main``, ``_run``)
+LOOP_DRIVERS = (
+    "asyncio/runners.py",
+    "run_until_complete (asyncio/",
+    "run_forever (asyncio/",
+    "_run_once (asyncio/",
+    "Handle._run (asyncio/",
+)
 LOOP_THREAD = "MainThread"
 
 
@@ -145,8 +155,11 @@ def analyse(raw: Path, rate: int, seconds: float, notifications: int) -> Profile
 
 def step_of(frames: list[str]) -> str:
     """The step of the innermost frame that names one; the event loop's own frames (socket
-    writes, executor hand-offs) are charged to the library that called them."""
+    writes, executor hand-offs) are charged to the library that called them, and a sample
+    that reaches the loop's driving frames first is the loop's."""
     for frame in reversed(frames):
+        if any(driver in frame for driver in LOOP_DRIVERS):
+            return "asyncio event loop"
         for step, needles in STEPS:
             if any(needle in frame for needle in needles):
                 return step
