@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -183,13 +184,15 @@ async def test_the_shipment_state_never_moves_back_in_time(open_fresh: OpenStore
 
 async def test_a_claim_without_an_event_record_is_exclusive(open_fresh: OpenStore) -> None:
     """A retry whose event record is gone (expired, or another store) still claims its
-    channel against other workers, and marking it done leaves no record to load."""
+    channel against other workers; marking it done releases the claim and, with no record
+    to keep it in, remembers nothing."""
     store = await open_fresh()
     assert await store.claim("e9", "sms", "worker-a/1", lease=60) == Claim(True)
     assert await store.claim("e9", "sms", "worker-b/1", lease=60) == Claim(
         False, holder="worker-a/1"
     )
     await store.mark_done("e9", "sms", "sent")
+    assert await store.claim("e9", "sms", "worker-b/1", lease=60) == Claim(True)
     assert await store.load("e9", "s9") == Snapshot(event=None, shipment=None)
 
 
@@ -297,7 +300,6 @@ async def test_a_file_of_the_older_schema_keeps_its_records_and_claims(tmp_path:
     """A store file written before the claims moved into the events row opens with every
     record, outcome and live claim, a claim of an event without a record included."""
     import sqlite3
-    import time
 
     path = tmp_path / "dedup.sqlite3"
     old = sqlite3.connect(path)
@@ -335,3 +337,33 @@ async def test_a_file_of_the_older_schema_keeps_its_records_and_claims(tmp_path:
         assert db.execute("PRAGMA user_version").fetchone() == (2,)
     finally:
         db.close()
+
+
+async def test_claims_an_older_worker_wrote_after_the_migration_are_kept(tmp_path: Path) -> None:
+    """A deploy rolled back after the migration: the older worker made its claims table
+    again; the next start moves those claims into the rows as well."""
+    import sqlite3
+
+    path = tmp_path / "dedup.sqlite3"
+    store = open_store(f"sqlite:///{path}", 3600)
+    await store.accept("e1", ("sms",), "s1", ShipmentState("shipped", 1.0), "worker-a/1", 60)
+    await store.mark_done("e1", "sms", "deferred")
+    await store.close()
+    old = sqlite3.connect(path)
+    old.execute(_SCHEMA_1.split(";")[2])  # the claims table, as the older worker makes it
+    old.execute("INSERT INTO claims VALUES ('e1', 'sms', 'worker-a/2', ?)", (time.time() + 600,))
+    old.commit()
+    old.close()
+    store = open_store(f"sqlite:///{path}", 3600)
+    try:
+        assert await store.claim("e1", "sms", "worker-b/1", 60) == Claim(False, holder="worker-a/2")
+    finally:
+        await store.close()
+
+
+def test_a_file_that_is_not_a_database_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """DEDUP_URL pointing at some other file is a clear start-up error, not a traceback."""
+    path = tmp_path / "dedup.sqlite3"
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StoreUnavailable, match=f"cannot open {path}: file is not a database"):
+        open_store(f"sqlite:///{path}", 3600)

@@ -143,10 +143,11 @@ class SqliteStore:
         await self._committed()
 
     def _mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+        """A row without a record (a retry's claim alone) keeps no outcome, as no store does."""
         self._db.execute(
-            "UPDATE events SET done = json_set(done, '$.' || ?, ?),"
-            " claims = json_remove(claims, '$.' || ?) WHERE event_id = ?",
-            (channel, outcome, channel, event_id),
+            "UPDATE events SET claims = json_remove(claims, '$.' || ?),"
+            " done = iif(expires_at = 0, done, json_set(done, '$.' || ?, ?)) WHERE event_id = ?",
+            (channel, channel, outcome, event_id),
         )
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
@@ -257,7 +258,7 @@ def _connect(path: str) -> sqlite3.Connection:
         db.execute("BEGIN IMMEDIATE")  # takes the file's lock now, and keeps it
         db.executescript(_SCHEMA)  # commits
         _migrate(db)
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:  # locked, not a database, a failed migration
         db.close()
         if "locked" in str(exc):
             raise StoreUnavailable(
@@ -270,15 +271,17 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a file of an older worker to ``SCHEMA_VERSION``, in one transaction."""
+    """Bring a file of an older worker to ``SCHEMA_VERSION``, in one transaction. A claims
+    table is moved into the rows whatever the version says: an older worker run on the file
+    after a migration (a rolled back deploy) makes it again."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
-    if version >= SCHEMA_VERSION:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if version >= SCHEMA_VERSION and "claims" not in tables:
         return
     db.execute("BEGIN IMMEDIATE")
     columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
     if "claims" not in columns:
         db.execute("ALTER TABLE events ADD COLUMN claims TEXT NOT NULL DEFAULT '{}'")
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "claims" in tables:
         # a claim of an event without a record (a retry's) gets a row of its own, as _claim does
         db.execute(
