@@ -71,6 +71,11 @@ class WorkerProcess:
     async def terminate(self, timeout: float = 60) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
+        return await self.exited(timeout)
+
+    async def exited(self, timeout: float = 60) -> int:
+        """The exit code, once the process has ended (by itself, or asked to)."""
+        assert self.process is not None
         return await asyncio.to_thread(self.process.wait, timeout)
 
     def events(self) -> list[dict[str, Any]]:

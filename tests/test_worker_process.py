@@ -175,21 +175,13 @@ async def test_a_second_worker_on_the_same_sqlite_file_stops_at_start_up(tmp_pat
     holder = open_store(f"sqlite:///{path}", 3600)
     await holder.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "run",
-            cwd=ROOT,
-            env={**os.environ, "DEDUP_URL": f"sqlite:///{path}"},
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        worker = WorkerProcess({"DEDUP_URL": f"sqlite:///{path}"}, tmp_path / "worker.log")
+        code = await worker.start().exited()
         assert (await holder.load("e1", "s1")).event == EventRecord(("email",), {})
     finally:
         await holder.close()
-    assert process.returncode == 2
-    assert stderr.decode().splitlines()[-1] == (
+    assert code == 2
+    assert worker.log.read_text().splitlines()[-1] == (
         f"start-up error: DEDUP_URL: {path} is in use by another process (one worker per"
         " SQLite file; replicas share a Redis store instead)"
     )
