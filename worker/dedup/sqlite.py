@@ -114,11 +114,12 @@ class SqliteStore:
         or a retry claimed a channel of it) takes the step by step path."""
         now = time.time()
         expires = now + self._ttl
+        planned = json.dumps(channels)
         claims = {channel: [owner, now + lease] for channel in channels}
         inserted = self._db.execute(
             "INSERT INTO events (event_id, channels, done, expires_at, claims)"
             " VALUES (?, ?, '{}', ?, ?) ON CONFLICT (event_id) DO NOTHING",
-            (event_id, json.dumps(channels), expires, json.dumps(claims)),
+            (event_id, planned, expires, json.dumps(claims)),
         ).rowcount
         self._db.execute(  # the state only moves forward in time
             "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
@@ -134,7 +135,7 @@ class SqliteStore:
         self._db.execute(  # a stored record stays, unless it has expired
             "UPDATE events SET channels = ?, done = '{}', expires_at = ?"
             " WHERE event_id = ? AND expires_at <= ?",
-            (json.dumps(channels), expires, event_id, now),
+            (planned, expires, event_id, now),
         )
         return tuple(c for c in channels if self._claim(event_id, c, owner, lease).granted)
 
