@@ -42,6 +42,7 @@ class Ceiling:
     unit: str  # what is counted: records, emails or notifications
     count: int
     seconds: float
+    cpu_seconds: float = 0.0  # the measuring process's CPU over ``seconds`` (0: not measured)
 
     @property
     def rate(self) -> float:
@@ -63,14 +64,14 @@ async def kafka_ceiling(bootstrap: str, topic: str, partitions: int, records: in
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        started, count = time.perf_counter(), 0
+        started, cpu, count = time.perf_counter(), time.process_time(), 0
         while count < records:
             batch = await consumer.getmany(timeout_ms=200)
             count += sum(len(r) for r in batch.values())
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await consumer.stop()
-    return Ceiling("kafka", "records", count, elapsed)
+    return Ceiling("kafka", "records", count, elapsed, cpu)
 
 
 async def smtp_ceiling(
@@ -94,11 +95,11 @@ async def smtp_ceiling(
                 await client.sendmail(ENVELOPE_FROM, [ENVELOPE_TO], message)
 
     shares = [messages // connections + (i < messages % connections) for i in range(connections)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(send(c, n) for c, n in zip(clients, shares, strict=True)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await asyncio.gather(*(c.quit() for c in clients))
-    return Ceiling("aiosmtplib", "emails", messages, elapsed)
+    return Ceiling("aiosmtplib", "emails", messages, elapsed, cpu)
 
 
 def run_smtp_source(

@@ -309,7 +309,9 @@ class Bench:
         if done.returncode != 0:
             raise BenchError(f"baseline {name} exited {done.returncode}; see {log}")
         data = json.loads(done.stdout.decode().strip().splitlines()[-1])
-        return Ceiling(data["name"], data["unit"], data["count"], data["seconds"])
+        return Ceiling(
+            data["name"], data["unit"], data["count"], data["seconds"], data["cpu_seconds"]
+        )
 
     def latency(self) -> dict[str, Any]:
         rate, count = self.sizes.latency_rate, self.sizes.latency_events

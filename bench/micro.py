@@ -37,6 +37,16 @@ from worker.events import Event, decode
 from worker.policy import plan
 from worker.settings import DEFAULT_POLICY, load_settings
 
+# the figures bench/budget.py weighs per email
+DECODE = "decode (json + pydantic)"
+PLAN = "plan (policy + phonenumbers)"
+RENDER_EMAIL = "render email (jinja2 + babel)"
+RENDER_SMS = "render SMS"
+BUILD_8BIT = "worker's message build, 8bit bodies (server has 8BITMIME)"
+LOG_LINE = "one log line (one-step JSON bytes to stderr's buffer, now)"
+SMS_REQUEST = "SMS request, worker HttpClient (now)"
+STORE_STATEMENTS = "the SQLite store's statements for an email+SMS event, a commit per 4 (CPU)"
+
 
 def per_call_us(fn: Callable[[], object], seconds: float = 0.5) -> float:
     """Mean wall time of ``fn()`` in microseconds over about ``seconds``."""
@@ -121,9 +131,7 @@ def email_costs(
         "worker's message build, quoted-printable bodies": per_call_us(
             lambda: wire_bytes(sender, next_message())
         ),
-        "worker's message build, 8bit bodies (server has 8BITMIME)": per_call_us(
-            lambda: wire_bytes(sender, next_message(), eight_bit=True)
-        ),
+        BUILD_8BIT: per_call_us(lambda: wire_bytes(sender, next_message(), eight_bit=True)),
     }
 
 
@@ -145,8 +153,8 @@ def render_costs(renderer: render.Renderer, events: list[Event]) -> dict[str, fl
         return cast(Event, next_event())
 
     costs = {
-        "render email (jinja2 + babel)": per_call_us(lambda: renderer.email(afresh())),
-        "render SMS": per_call_us(lambda: renderer.sms(afresh())),
+        RENDER_EMAIL: per_call_us(lambda: renderer.email(afresh())),
+        RENDER_SMS: per_call_us(lambda: renderer.sms(afresh())),
     }
     return costs
 
@@ -155,10 +163,8 @@ def decode_costs(records: list[bytes], events: list[Event]) -> dict[str, float]:
     next_record, next_event = _cycle(records), _cycle(events)
     channels = frozenset({"email", "sms"})
     return {
-        "decode (json + pydantic)": per_call_us(lambda: decode(next_record())),
-        "plan (policy + phonenumbers)": per_call_us(
-            lambda: plan(next_event(), DEFAULT_POLICY, channels)
-        ),
+        DECODE: per_call_us(lambda: decode(next_record())),
+        PLAN: per_call_us(lambda: plan(next_event(), DEFAULT_POLICY, channels)),
     }
 
 
@@ -180,7 +186,7 @@ def log_costs(settings: Any) -> dict[str, float]:
     with redirect_stderr(stream) as sink:
         logs.configure(settings.log)
         loggers.clear()
-        costs["one log line (one-step JSON bytes to stderr's buffer, now)"] = per_call_us(one_line)
+        costs[LOG_LINE] = per_call_us(one_line)
         sink.buffer.seek(0)
         sink.buffer.truncate(0)
     with redirect_stderr(io.StringIO()):  # no buffer under it: the chain of processors
@@ -265,9 +271,7 @@ async def _http_costs(url: str, requests: int, in_flight: int) -> dict[str, floa
             response = await client.post(url, body, headers)
             assert response.status == 201
 
-        costs["SMS request, worker HttpClient (now)"] = await _cpu_us(
-            with_worker_client, requests, in_flight
-        )
+        costs[SMS_REQUEST] = await _cpu_us(with_worker_client, requests, in_flight)
     finally:
         await client.close()
     return costs
@@ -301,6 +305,7 @@ def store_costs() -> dict[str, float]:
         "the same with random ids (UUIDs; the benchmark's are sequential)": asyncio.run(
             _store_event_us(sequential=False)
         ),
+        STORE_STATEMENTS: asyncio.run(_store_statements_us()),
     }
     return costs
 
@@ -332,6 +337,32 @@ async def _store_event_us(sequential: bool, events: int = 20000, in_flight: int 
         for start in range(0, events, in_flight):
             batch = range(start, min(events, start + in_flight))
             await asyncio.gather(*(one(i, *ids[i]) for i in batch))
+        elapsed = time.process_time() - started
+        await store.close()
+    return elapsed / events * 1e6
+
+
+async def _store_statements_us(events: int = 20000, per_commit: int = 4) -> float:
+    """CPU per event of the same store work without its awaits: the SQLite store's statements
+    (the synchronous halves of its calls) and a commit every ``per_commit`` events, sequential
+    ids. (A loop runs only for the purge's scheduled commit.)"""
+    from worker.dedup import ShipmentState
+    from worker.dedup.sqlite import SqliteStore
+
+    run = uuid.uuid4().hex[:8]
+    ids = [(f"{run}-{i:08d}", f"SHP-{run}-{i:08d}") for i in range(events)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(f"{tmp}/dedup.sqlite3", 86400.0)
+        store._load("warm", "up")  # the first load purges
+        started = time.process_time()
+        for i, (event_id, shipment_id) in enumerate(ids):
+            store._load(event_id, shipment_id)
+            state = ShipmentState("shipped", 1e9 + i)
+            store._accept(event_id, ("email", "sms"), shipment_id, state, "w/1", 30.0)
+            store._mark_done(event_id, "email", "sent")
+            store._mark_done(event_id, "sms", "sent")
+            if i % per_commit == per_commit - 1:
+                store._commit()
         elapsed = time.process_time() - started
         await store.close()
     return elapsed / events * 1e6

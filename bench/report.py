@@ -254,6 +254,11 @@ def table(data: dict[str, Any]) -> str:
     if micro := data["results"].get("micro"):
         lines.append("\nmicro benchmarks (µs per call):")
         lines.extend(f"  {us:>8,.1f}  {name}" for name, us in micro.items())
+    from bench import budget  # imports this module's targets
+
+    if cpu_per_email := budget.lines(data["results"]):
+        lines.append("")
+        lines.extend(cpu_per_email)
     for name, error in data["failures"].items():
         lines.append(f"FAILED {name}: {error}")
     machine = data["machine"]
