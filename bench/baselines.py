@@ -42,7 +42,7 @@ class Ceiling:
     unit: str  # what is counted: records, emails or notifications
     count: int
     seconds: float
-    cpu_seconds: float = 0.0  # the measuring process's CPU over ``seconds`` (0: not measured)
+    cpu_seconds: float | None = None  # the measuring process's CPU over ``seconds``
 
     @property
     def rate(self) -> float:

@@ -73,6 +73,9 @@ def _percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[index]
 
 
+MIN_RSS_SAMPLES = 10  # in each half, about two teeth of the sawtooth
+
+
 def rss_summary(run: WorkerRun) -> dict[str, Any]:
     """Peak RSS and whether it is flat: RSS at each tenth of the run's progress, and the
     growth of the second half's peak over the first half's from 10% on (flat: under 5 MB or
@@ -89,13 +92,15 @@ def rss_summary(run: WorkerRun) -> dict[str, Any]:
         deciles[f"{tenth * 10}%"] = round(sample.rss_mb, 1)
     first = [s.rss_mb for s in sending if total / 10 <= s.notifications < total / 2]
     second = [s.rss_mb for s in sending if s.notifications >= total / 2]
-    growth = max(second) - max(first) if first and second else 0.0
-    enough = len(sending) >= 20 and bool(first) and bool(second)
+    if min(len(first), len(second)) < MIN_RSS_SAMPLES:  # too few to hold whole teeth
+        growth = None
+    else:
+        growth = round(max(second) - max(first), 1)
     return {
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "rss_by_progress_mb": deciles,
-        "second_half_growth_mb": round(growth, 1),
-        "flat": growth <= max(5.0, 0.05 * max(first)) if enough else None,
+        "second_half_peak_growth_mb": growth,
+        "flat": None if growth is None else growth <= max(5.0, 0.05 * max(first)),
         "samples": len(run.samples),
     }
 
@@ -214,7 +219,8 @@ def _later_rows(results: dict[str, Any], row: Any, e2e: dict[str, Any]) -> None:
             ok=mem["peak_rss_mb"] <= TARGET_RSS_MB and mem["flat"] is not False,
         )
         verdict = {True: "flat", False: "GROWING", None: "run too short to tell"}[mem["flat"]]
-        row("5 RSS growth, 2nd half", mem["second_half_growth_mb"], "MB", verdict)
+        growth = mem.get("second_half_peak_growth_mb")
+        row("5 RSS, 2nd half's peak over 1st's", "-" if growth is None else growth, "MB", verdict)
     variants = dict(results.get("variants") or {})
     control = variants.pop("control", None)
     if control:
@@ -254,11 +260,10 @@ def table(data: dict[str, Any]) -> str:
     if micro := data["results"].get("micro"):
         lines.append("\nmicro benchmarks (µs per call):")
         lines.extend(f"  {us:>8,.1f}  {name}" for name, us in micro.items())
-    from bench import budget  # imports this module's targets
+    if micro:  # the budget's last part to run
+        from bench import budget  # imports this module's targets
 
-    if cpu_per_email := budget.lines(data["results"]):
-        lines.append("")
-        lines.extend(cpu_per_email)
+        lines.extend(["", *budget.lines(data["results"])])
     for name, error in data["failures"].items():
         lines.append(f"FAILED {name}: {error}")
     machine = data["machine"]
