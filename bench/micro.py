@@ -317,11 +317,7 @@ async def _store_event_us(sequential: bool, events: int = 20000, in_flight: int 
     events share each group commit."""
     from worker.dedup import ShipmentState, open_store
 
-    run = uuid.uuid4().hex[:8]
-    if sequential:
-        ids = [(f"{run}-{i:08d}", f"SHP-{run}-{i:08d}") for i in range(events)]
-    else:
-        ids = [(uuid.uuid4().hex, uuid.uuid4().hex) for _ in range(events)]
+    ids = _event_ids(events, sequential)
 
     async def one(i: int, event_id: str, shipment_id: str) -> None:
         await store.load(event_id, shipment_id)
@@ -352,8 +348,7 @@ async def _store_statements_us(events: int = 20000, per_commit: int = 4) -> tupl
     from worker.dedup import ShipmentState
     from worker.dedup.sqlite import SqliteStore
 
-    run = uuid.uuid4().hex[:8]
-    ids = [(f"{run}-{i:08d}", f"SHP-{run}-{i:08d}") for i in range(events)]
+    ids = _event_ids(events, sequential=True)
     accepting = outcomes = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(f"{tmp}/dedup.sqlite3", 86400.0)
@@ -375,6 +370,14 @@ async def _store_statements_us(events: int = 20000, per_commit: int = 4) -> tupl
             outcomes += time.process_time() - accepted
         await store.close()
     return accepting / events * 1e6, outcomes / (2 * events) * 1e6
+
+
+def _event_ids(events: int, sequential: bool) -> list[tuple[str, str]]:
+    """(event id, shipment id) pairs: numbered like the benchmark's events, or UUIDs."""
+    if sequential:
+        run = uuid.uuid4().hex[:8]
+        return [(f"{run}-{i:08d}", f"SHP-{run}-{i:08d}") for i in range(events)]
+    return [(uuid.uuid4().hex, uuid.uuid4().hex) for _ in range(events)]
 
 
 def _sqlite_us(batch: int, writes: int = 20000) -> float:
