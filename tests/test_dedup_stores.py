@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store
-from worker.dedup.store import Claim, StoreUnavailable
+from worker.dedup import sqlite
+from worker.dedup.store import ChannelOutcome, Claim, StoreError, StoreUnavailable
 
 OpenStore = Callable[..., Awaitable[DedupStore]]
 
@@ -62,7 +63,7 @@ async def test_accept_then_mark_done_is_remembered(open_fresh: OpenStore) -> Non
     await store.mark_done("e1", "email", "sent")
     snapshot = await store.load("e1", "s1")
     assert snapshot.shipment == ShipmentState("shipped", 1000.5)
-    assert snapshot.event == EventRecord(("email", "sms"), {"email": "sent"})
+    assert snapshot.event == EventRecord(("email", "sms"), {"email": "sent"}, "s1")
     assert snapshot.event.pending == ("sms",)
 
 
@@ -73,7 +74,7 @@ async def test_a_newer_accept_replaces_the_shipment_state(open_fresh: OpenStore)
     assert await store.accept("e2", (), "s1", ShipmentState("delivered", 2000.0), "w/1", 60) == ()
     snapshot = await store.load("e2", "s1")
     assert snapshot.shipment == ShipmentState("delivered", 2000.0)
-    assert snapshot.event == EventRecord((), {})
+    assert snapshot.event == EventRecord((), {}, "s1")
 
 
 async def test_entries_expire_after_the_ttl(open_fresh: OpenStore) -> None:
@@ -87,7 +88,7 @@ async def test_entries_expire_after_the_ttl(open_fresh: OpenStore) -> None:
     assert await store.load("e1", "s1") == Snapshot(event=None, shipment=None)
     state = ShipmentState("shipped", 1000.0)
     assert await store.accept("e1", ("email",), "s1", state, "w/1", 60) == ("email",)
-    assert (await store.load("e1", "s1")).event == EventRecord(("email",), {})
+    assert (await store.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")
 
 
 @pytest.mark.parametrize("store_url", ["sqlite", "redis"], indirect=True)
@@ -99,7 +100,7 @@ async def test_persistent_stores_survive_a_reopen(open_fresh: OpenStore) -> None
     await first.close()
     second = await open_fresh()
     snapshot = await second.load("e1", "s1")
-    assert snapshot.event == EventRecord(("email", "sms"), {"sms": "dead_lettered"})
+    assert snapshot.event == EventRecord(("email", "sms"), {"sms": "dead_lettered"}, "s1")
     assert snapshot.shipment == ShipmentState("shipped", 1.0)
 
 
@@ -114,7 +115,9 @@ async def test_an_event_accepted_meanwhile_keeps_its_record(open_fresh: OpenStor
     )
     await store.mark_done("e1", "email", "sent")
     assert await store.accept("e1", ("email", "sms"), "s1", state, "worker-b/1", 60) == ()
-    assert (await store.load("e1", "s1")).event == EventRecord(("email", "sms"), {"email": "sent"})
+    assert (await store.load("e1", "s1")).event == EventRecord(
+        ("email", "sms"), {"email": "sent"}, "s1"
+    )
     assert await store.claim("e1", "sms", "worker-b/1", lease=60) == Claim(
         False, holder="worker-a/1"
     )
@@ -160,7 +163,7 @@ async def test_a_done_channel_answers_its_outcome_and_reopen_forgets_it(
         False, outcome="dead_lettered"
     )
     await store.reopen("e1", "email")
-    assert (await store.load("e1", "s1")).event == EventRecord(("email", "sms"), {})
+    assert (await store.load("e1", "s1")).event == EventRecord(("email", "sms"), {}, "s1")
     assert await store.claim("e1", "email", "worker-b/1", lease=60) == Claim(True)
 
 
@@ -278,7 +281,7 @@ async def test_a_second_process_on_the_same_sqlite_file_is_refused(
     await first.close()
     second = open_store(f"sqlite:///{path}", 3600)
     try:
-        assert (await second.load("e1", "s1")).event == EventRecord(("email",), {})
+        assert (await second.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")
     finally:
         await second.close()
 
@@ -334,7 +337,7 @@ async def test_a_file_of_the_older_schema_keeps_its_records_and_claims(tmp_path:
     try:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         assert "claims" not in tables
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (sqlite.SCHEMA_VERSION,)
     finally:
         db.close()
 
@@ -367,3 +370,84 @@ def test_a_file_that_is_not_a_database_stops_start_up_naming_it(tmp_path: Path) 
     path.write_bytes(b"not a database, " * 512)
     with pytest.raises(StoreUnavailable, match=f"cannot open {path}: file is not a database"):
         open_store(f"sqlite:///{path}", 3600)
+
+
+async def test_an_event_record_names_its_shipment(open_fresh: OpenStore) -> None:
+    """The record keeps the shipment it was accepted for (the pipeline compares it with a
+    redelivery's to find an event_id reused for another shipment), and an accept for another
+    shipment does not overwrite it."""
+    store = await open_fresh()
+    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
+    await store.accept("e1", ("email",), "s2", ShipmentState("shipped", 2.0), "w/1", 60)
+    assert (await store.load("e1", "s2")).event == EventRecord(("email",), {}, "s1")
+
+
+async def test_outcomes_are_the_enums_words(open_fresh: OpenStore) -> None:
+    """Each ChannelOutcome is stored as its word; only the claimable one lets a claim through."""
+    store = await open_fresh()
+    channels = ("email", "sms")
+    await store.accept("e1", channels, "s1", ShipmentState("shipped", 1.0), "w/1", 60)
+    for outcome in ChannelOutcome:
+        await store.mark_done("e1", "email", outcome)
+        assert (await store.load("e1", "s1")).event == EventRecord(
+            channels, {"email": outcome.value}, "s1"
+        )
+        claim = await store.claim("e1", "email", "other/1", 60)
+        if outcome is ChannelOutcome.DEFERRED:
+            assert claim == Claim(True)
+            await store.mark_done("e1", "email", outcome)  # drop the claim again
+        else:
+            assert claim == Claim(False, outcome=outcome.value)
+
+
+_SCHEMA_2 = """
+CREATE TABLE events (event_id TEXT PRIMARY KEY, channels TEXT NOT NULL,
+    done TEXT NOT NULL DEFAULT '{}', expires_at REAL NOT NULL,
+    claims TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE shipments (shipment_id TEXT PRIMARY KEY, status TEXT NOT NULL,
+    occurred_at REAL NOT NULL, expires_at REAL NOT NULL);
+PRAGMA user_version = 2;
+"""
+
+
+async def test_a_file_without_shipments_in_its_records_is_migrated(tmp_path: Path) -> None:
+    """A store file of the schema before records named their shipment opens with its records
+    (their shipment unknown, so never taken for a conflict) and its claims."""
+    import sqlite3 as sqlite3_module
+
+    path = tmp_path / "dedup.sqlite3"
+    old = sqlite3_module.connect(path)
+    old.executescript(_SCHEMA_2)
+    later = time.time() + 600
+    old.execute(
+        'INSERT INTO events VALUES (\'e1\', \'["email", "sms"]\', \'{"email":"sent"}\', ?,'
+        " json_object('sms', json_array('worker-a/1', ?)))",
+        (later, later),
+    )
+    old.commit()
+    old.close()
+    store = open_store(f"sqlite:///{path}", 3600)
+    try:
+        assert (await store.load("e1", "s1")).event == EventRecord(
+            ("email", "sms"), {"email": "sent"}, None
+        )
+        assert await store.claim("e1", "sms", "worker-b/1", 60) == Claim(False, holder="worker-a/1")
+        await store.accept("e2", ("email",), "s2", ShipmentState("shipped", 1.0), "w/1", 60)
+        assert (await store.load("e2", "s2")).event == EventRecord(("email",), {}, "s2")
+    finally:
+        await store.close()
+
+
+async def test_redis_out_of_reach_raises_store_error() -> None:
+    """A Redis that does not answer makes every call raise StoreError (a passing failure the
+    worker waits out), not the client library's own exception."""
+    from tests.conftest import _free_port
+
+    store = open_store(f"redis://127.0.0.1:{_free_port()}/0", 3600)
+    try:
+        with pytest.raises(StoreError, match="Redis"):
+            await store.load("e1", "s1")
+        with pytest.raises(StoreError):
+            await store.mark_done("e1", "email", ChannelOutcome.SENT)
+    finally:
+        await store.close()

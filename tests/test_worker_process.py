@@ -177,7 +177,7 @@ async def test_a_second_worker_on_the_same_sqlite_file_stops_at_start_up(tmp_pat
     try:
         worker = WorkerProcess({"DEDUP_URL": f"sqlite:///{path}"}, tmp_path / "worker.log")
         code = await worker.start().exited()
-        assert (await holder.load("e1", "s1")).event == EventRecord(("email",), {})
+        assert (await holder.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")
     finally:
         await holder.close()
     assert code == 2

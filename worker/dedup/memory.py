@@ -6,7 +6,8 @@ import time
 from dataclasses import replace
 
 from worker.dedup.store import (
-    CLAIMABLE_OUTCOMES,
+    CLAIMABLE,
+    ChannelOutcome,
     Claim,
     EventRecord,
     ShipmentState,
@@ -44,7 +45,7 @@ class MemoryStore:
         expires = now + self._ttl
         stored = self._events.get(event_id)
         if stored is None or stored[0] <= now:
-            self._events[event_id] = (expires, EventRecord(channels))
+            self._events[event_id] = (expires, EventRecord(channels, {}, shipment_id))
         known = self._shipments.get(shipment_id)
         if known is None or known[0] <= now or known[1].occurred_at <= state.occurred_at:
             self._shipments[shipment_id] = (expires, state)  # only forward in time
@@ -57,7 +58,7 @@ class MemoryStore:
         now = time.time()
         event = self._events.get(event_id)
         outcome = event[1].done.get(channel) if event else None
-        if outcome is not None and outcome not in CLAIMABLE_OUTCOMES:
+        if outcome is not None and outcome not in CLAIMABLE:
             return Claim(False, outcome=outcome)
         held = self._claims.get((event_id, channel))
         if held and held[0] > now and not may_take_over(held[1], owner):
@@ -65,7 +66,7 @@ class MemoryStore:
         self._claims[(event_id, channel)] = (now + lease, owner)
         return Claim(True)
 
-    async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+    async def mark_done(self, event_id: str, channel: str, outcome: ChannelOutcome) -> None:
         self._claims.pop((event_id, channel), None)
         stored = self._events.get(event_id)
         if stored is not None:  # a retry's claim may have had no record

@@ -1,27 +1,52 @@
 """A store in Redis, shared by every worker replica of a consumer group.
 
-Keys: ``<prefix>evt:<event_id>`` (hash: ``channels`` and ``done:<channel>``),
+Keys: ``<prefix>evt:<event_id>`` (hash: ``channels``, ``shipment`` and ``done:<channel>``),
 ``<prefix>shp:<shipment_id>`` (hash: ``status``, ``occurred_at``), each with the TTL, and
 ``<prefix>claim:<event_id>:<channel>`` (the owner, expiring with the lease). ``accept``,
 ``claim`` and ``mark_done`` are Lua scripts, so each check-and-write (the event record kept
 once stored; the shipment state only moving forward; the outcome, the holder and the claim)
-is one atomic step across replicas.
+is one atomic step across replicas. The outcome words come from ``ChannelOutcome`` as script
+arguments. A connection failure, a timeout, a server still loading its data or a replica in
+the middle of a failover raises ``StoreError``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
-from worker.dedup.store import Claim, EventRecord, ShipmentState, Snapshot
+from worker.dedup.store import (
+    CLAIMABLE,
+    ChannelOutcome,
+    Claim,
+    EventRecord,
+    ShipmentState,
+    Snapshot,
+    StoreError,
+)
+
+# the failures that pass: the same call may succeed once the server is back
+_PASSING = (
+    redis.exceptions.ConnectionError,  # AuthenticationError too: a password being rotated
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    OSError,
+)
+_CLAIMABLE = json.dumps(sorted(CLAIMABLE))
 
 # One channel's claim, as ``claim`` and ``accept`` take it.
 # Returns {"done", outcome} | {"busy", holder} | {"granted"}.
 _CLAIM_FUNCTION = """
-local function claim(event_key, claim_key, channel, owner, lease_ms)
+local function claim(event_key, claim_key, channel, owner, lease_ms, claimable)
   local outcome = redis.call('HGET', event_key, 'done:' .. channel)
-  if outcome and outcome ~= 'deferred' then return {'done', outcome} end
+  if outcome and not claimable[outcome] then return {'done', outcome} end
   local holder = redis.call('GET', claim_key)
   if holder and holder ~= owner then
     local worker = string.match(owner, '^[^/]*')
@@ -31,18 +56,31 @@ local function claim(event_key, claim_key, channel, owner, lease_ms)
   return {'granted'}
 end
 """
-# KEYS: event hash, claim key. ARGV: channel, owner, lease ms.
-_CLAIM = _CLAIM_FUNCTION + "return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
+_CLAIMABLE_SET = """
+local function claimable_set(encoded)
+  local set = {}
+  for _, outcome in ipairs(cjson.decode(encoded)) do set[outcome] = true end
+  return set
+end
+"""
+# KEYS: event hash, claim key. ARGV: channel, owner, lease ms, the claimable outcomes (JSON).
+_CLAIM = (
+    _CLAIM_FUNCTION
+    + _CLAIMABLE_SET
+    + "return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], claimable_set(ARGV[4]))"
+)
 # KEYS: event hash, shipment hash, one claim key per channel. ARGV: channels JSON, status,
-# occurred_at, ttl seconds, owner, lease ms, then the channels in the claim keys' order.
+# occurred_at, ttl seconds, owner, lease ms, the claimable outcomes (JSON), the shipment id,
+# then the channels in the claim keys' order.
 # A stored event record stays (another replica accepted the event meanwhile). The shipment's
 # state only moves forward in time, whatever order replicas write in. Returns the channels
 # claimed.
 _ACCEPT = (
     _CLAIM_FUNCTION
+    + _CLAIMABLE_SET
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'channels', ARGV[1])
+  redis.call('HSET', KEYS[1], 'channels', ARGV[1], 'shipment', ARGV[8])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 local newest = redis.call('HGET', KEYS[2], 'occurred_at')
@@ -51,9 +89,10 @@ if (not newest) or tonumber(newest) <= tonumber(ARGV[3]) then
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 local claimed = {}
+local claimable = claimable_set(ARGV[7])
 for i = 3, #KEYS do
-  local channel = ARGV[i + 4]
-  if claim(KEYS[1], KEYS[i], channel, ARGV[5], ARGV[6])[1] == 'granted' then
+  local channel = ARGV[i + 6]
+  if claim(KEYS[1], KEYS[i], channel, ARGV[5], ARGV[6], claimable)[1] == 'granted' then
     table.insert(claimed, channel)
   end
 end
@@ -68,6 +107,23 @@ end
 redis.call('DEL', KEYS[2])
 return 1
 """
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _passing_as_store_error(
+    call: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    @functools.wraps(call)
+    async def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await call(*args, **kwargs)
+        except _PASSING as exc:
+            raise StoreError(f"Redis: {exc!r}") from exc
+
+    return wrapped
 
 
 class RedisStore:
@@ -89,6 +145,7 @@ class RedisStore:
     def _shipment_key(self, shipment_id: str) -> str:
         return f"{self._prefix}shp:{shipment_id}"
 
+    @_passing_as_store_error
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._event_key(event_id))
@@ -101,6 +158,7 @@ class RedisStore:
             else None,
         )
 
+    @_passing_as_store_error
     async def accept(
         self,
         event_id: str,
@@ -122,6 +180,8 @@ class RedisStore:
             self._ttl,
             owner,
             _lease_ms(lease),
+            _CLAIMABLE,
+            shipment_id,
             *channels,
         ]
         return tuple(await self._accept_script(keys=keys, args=args))
@@ -129,19 +189,23 @@ class RedisStore:
     def _claim_key(self, event_id: str, channel: str) -> str:
         return f"{self._prefix}claim:{event_id}:{channel}"
 
+    @_passing_as_store_error
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
         keys = [self._event_key(event_id), self._claim_key(event_id, channel)]
-        answer = await self._claim_script(keys=keys, args=[channel, owner, _lease_ms(lease)])
+        args: list[str | int] = [channel, owner, _lease_ms(lease), _CLAIMABLE]
+        answer = await self._claim_script(keys=keys, args=args)
         if answer[0] == "done":
             return Claim(False, outcome=answer[1])
         if answer[0] == "busy":
             return Claim(False, holder=answer[1])
         return Claim(True)
 
-    async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+    @_passing_as_store_error
+    async def mark_done(self, event_id: str, channel: str, outcome: ChannelOutcome) -> None:
         keys = [self._event_key(event_id), self._claim_key(event_id, channel)]
         await self._mark_done_script(keys=keys, args=[channel, outcome])
 
+    @_passing_as_store_error
     async def reopen(self, event_id: str, channel: str) -> None:
         await self._redis.hdel(self._event_key(event_id), f"done:{channel}")
 
@@ -155,4 +219,4 @@ def _lease_ms(lease: float) -> int:
 
 def _event_record(fields: dict[str, str]) -> EventRecord:
     done = {k.removeprefix("done:"): v for k, v in fields.items() if k.startswith("done:")}
-    return EventRecord(tuple(json.loads(fields["channels"])), done)
+    return EventRecord(tuple(json.loads(fields["channels"])), done, fields.get("shipment"))

@@ -21,17 +21,21 @@ write of this process, committed or about to be. The steps of a claim run withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from worker.dedup.store import (
-    CLAIMABLE_OUTCOMES,
+    CLAIMABLE,
+    ChannelOutcome,
     Claim,
     EventRecord,
     ShipmentState,
     Snapshot,
+    StoreError,
     StoreUnavailable,
     may_take_over,
 )
@@ -45,7 +49,8 @@ CREATE TABLE IF NOT EXISTS events (
     channels TEXT NOT NULL,
     done TEXT NOT NULL DEFAULT '{}',
     expires_at REAL NOT NULL,  -- 0: no record, a row for a retry's claim alone
-    claims TEXT NOT NULL DEFAULT '{}'  -- channel -> [owner, lease end]
+    claims TEXT NOT NULL DEFAULT '{}',  -- channel -> [owner, lease end]
+    shipment_id TEXT  -- NULL in rows of a version that did not keep it
 );
 CREATE TABLE IF NOT EXISTS shipments (
     shipment_id TEXT PRIMARY KEY,
@@ -56,7 +61,9 @@ CREATE TABLE IF NOT EXISTS shipments (
 CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 CREATE INDEX IF NOT EXISTS shipments_expiry ON shipments (expires_at);
 """
-SCHEMA_VERSION = 2  # 2: the claims in the events row (1, unnumbered: a claims table)
+# 3: the event's shipment in its row; 2: the claims in the events row (1, unnumbered: a
+# claims table)
+SCHEMA_VERSION = 3
 LOCK_WAIT = 5.0  # seconds a second process waits for the file before start-up fails
 
 
@@ -70,20 +77,23 @@ class SqliteStore:
         self._commit_scheduled = False
 
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
-        return self._load(event_id, shipment_id)
+        with _operational():
+            return self._load(event_id, shipment_id)
 
     def _load(self, event_id: str, shipment_id: str) -> Snapshot:
         now = time.time()
         if now - self._purged_at > PURGE_EVERY:
             self._purge(now)
-        channels, done, status, occurred_at = self._db.execute(
-            "SELECT e.channels, e.done, s.status, s.occurred_at FROM (SELECT 1)"
+        channels, done, owner, status, occurred_at = self._db.execute(
+            "SELECT e.channels, e.done, e.shipment_id, s.status, s.occurred_at FROM (SELECT 1)"
             " LEFT JOIN events AS e ON e.event_id = ? AND e.expires_at > ?"
             " LEFT JOIN shipments AS s ON s.shipment_id = ? AND s.expires_at > ?",
             (event_id, now, shipment_id, now),
         ).fetchone()
         return Snapshot(
-            event=EventRecord(tuple(json.loads(channels)), json.loads(done)) if channels else None,
+            event=EventRecord(tuple(json.loads(channels)), json.loads(done), owner)
+            if channels
+            else None,
             shipment=ShipmentState(status, occurred_at) if status is not None else None,
         )
 
@@ -96,7 +106,8 @@ class SqliteStore:
         owner: str,
         lease: float,
     ) -> tuple[str, ...]:
-        claimed = self._accept(event_id, channels, shipment_id, state, owner, lease)
+        with _operational():
+            claimed = self._accept(event_id, channels, shipment_id, state, owner, lease)
         await self._committed()
         return claimed
 
@@ -117,9 +128,9 @@ class SqliteStore:
         planned = json.dumps(channels)
         claims = {channel: [owner, now + lease] for channel in channels}
         inserted = self._db.execute(
-            "INSERT INTO events (event_id, channels, done, expires_at, claims)"
-            " VALUES (?, ?, '{}', ?, ?) ON CONFLICT (event_id) DO NOTHING",
-            (event_id, planned, expires, json.dumps(claims)),
+            "INSERT INTO events (event_id, channels, done, expires_at, claims, shipment_id)"
+            " VALUES (?, ?, '{}', ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            (event_id, planned, expires, json.dumps(claims), shipment_id),
         ).rowcount
         self._db.execute(  # the state only moves forward in time
             "INSERT INTO shipments (shipment_id, status, occurred_at, expires_at)"
@@ -133,17 +144,18 @@ class SqliteStore:
         if inserted == 1:
             return channels
         self._db.execute(  # a stored record stays, unless it has expired
-            "UPDATE events SET channels = ?, done = '{}', expires_at = ?"
+            "UPDATE events SET channels = ?, done = '{}', expires_at = ?, shipment_id = ?"
             " WHERE event_id = ? AND expires_at <= ?",
-            (planned, expires, event_id, now),
+            (planned, expires, shipment_id, event_id, now),
         )
         return tuple(c for c in channels if self._claim(event_id, c, owner, lease).granted)
 
-    async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
-        self._mark_done(event_id, channel, outcome)
+    async def mark_done(self, event_id: str, channel: str, outcome: ChannelOutcome) -> None:
+        with _operational():
+            self._mark_done(event_id, channel, outcome)
         await self._committed()
 
-    def _mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+    def _mark_done(self, event_id: str, channel: str, outcome: ChannelOutcome) -> None:
         """A row without a record (a retry's claim alone) keeps no outcome, as no store does."""
         self._db.execute(
             "UPDATE events SET claims = json_remove(claims, '$.' || ?),"
@@ -152,7 +164,8 @@ class SqliteStore:
         )
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
-        claim = self._claim(event_id, channel, owner, lease)
+        with _operational():
+            claim = self._claim(event_id, channel, owner, lease)
         if claim.granted:
             await self._committed()
         return claim
@@ -172,7 +185,7 @@ class SqliteStore:
             )
             return Claim(True)
         done, held = row
-        if done and done not in CLAIMABLE_OUTCOMES:
+        if done and done not in CLAIMABLE:
             return Claim(False, outcome=done)
         if held is not None:
             holder, until = json.loads(held)
@@ -186,7 +199,8 @@ class SqliteStore:
         return Claim(True)
 
     async def reopen(self, event_id: str, channel: str) -> None:
-        self._reopen(event_id, channel)
+        with _operational():
+            self._reopen(event_id, channel)
         await self._committed()
 
     def _reopen(self, event_id: str, channel: str) -> None:
@@ -225,10 +239,10 @@ class SqliteStore:
         try:
             self._db.commit()
         except sqlite3.Error as exc:
-            self._db.rollback()
+            self._db.rollback()  # every write since the last commit is undone: each is retried
             for waiter in waiting:
                 if not waiter.done():
-                    waiter.set_exception(exc)
+                    waiter.set_exception(StoreError(f"SQLite commit: {exc}"))
             return
         for waiter in waiting:
             if not waiter.done():  # a cancelled waiter's write is committed all the same
@@ -240,6 +254,16 @@ class SqliteStore:
         self._commit()
         self._closed = True
         self._db.close()
+
+
+@contextlib.contextmanager
+def _operational() -> Iterator[None]:
+    """SQLite's failures of the moment (a full disk, an I/O error, a commit rolled back) as
+    ``StoreError``: the write did not take effect and may be made again."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"SQLite: {exc}") from exc
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -283,6 +307,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
     if "claims" not in columns:
         db.execute("ALTER TABLE events ADD COLUMN claims TEXT NOT NULL DEFAULT '{}'")
+    if "shipment_id" not in columns:
+        db.execute("ALTER TABLE events ADD COLUMN shipment_id TEXT")
     if "claims" in tables:
         # a claim of an event without a record (a retry's) gets a row of its own, as _claim does
         db.execute(

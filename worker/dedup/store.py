@@ -1,22 +1,43 @@
 """The store contract and the records it keeps.
 
-Per event: the channels it was accepted for and each channel's outcome (``sent``,
-``dead_lettered``, ``deferred`` to the retry topic, or ``stale``), so a redelivery resumes
+Per event: the shipment it belongs to, the channels it was accepted for and each channel's
+``ChannelOutcome``, so a redelivery resumes
 exactly the channels that have none. Per (event, channel): a claim with a lease, taken before
 sending, so two workers never send the same notification at once; a claim left by a crashed
 worker is taken over when its lease ends, or at once by the same worker's next incarnation.
 Per shipment: the status and time of the newest accepted event, for the ordering rules.
-Entries expire after the TTL.
+Entries expire after the TTL. A call that fails for a passing reason raises ``StoreError``
+(``resilient.Resilient`` retries those).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 
 class StoreUnavailable(Exception):
     """The store cannot be used: e.g. its SQLite file is held by another process."""
+
+
+class StoreError(Exception):
+    """A store call failed for a reason that may pass (Redis unreachable or failing over, a
+    SQLite write that could not be committed): the call did not take effect and may be made
+    again. Anything else a store raises is a bug."""
+
+
+class ChannelOutcome(StrEnum):
+    """What became of one channel of an accepted event: the words every store keeps."""
+
+    SENT = "sent"  # the provider accepted it
+    DEFERRED = "deferred"  # handed to the retry topic, which sends it later
+    DEAD_LETTERED = "dead_lettered"  # on the dead-letter topic, until a replay reopens it
+    STALE = "stale"  # dropped: the shipment moved on, or the channel is no longer planned
+
+
+# an outcome that still leaves the channel to be sent (by its retry record)
+CLAIMABLE = frozenset({ChannelOutcome.DEFERRED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +49,8 @@ class ShipmentState:
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     channels: tuple[str, ...]
-    done: dict[str, str] = field(default_factory=dict)  # channel -> outcome
+    done: dict[str, str] = field(default_factory=dict)  # channel -> a ChannelOutcome's value
+    shipment_id: str | None = None  # None in records of a worker that did not keep it
 
     @property
     def pending(self) -> tuple[str, ...]:
@@ -43,10 +65,6 @@ class Claim:
     granted: bool
     outcome: str | None = None
     holder: str | None = None
-
-
-# an outcome that still leaves the channel to be sent (by its retry record)
-CLAIMABLE_OUTCOMES = frozenset({"deferred"})
 
 
 def may_take_over(holder: str, owner: str) -> bool:
@@ -82,15 +100,17 @@ class DedupStore(Protocol):
         owner: str,
         lease: float,
     ) -> tuple[str, ...]:
-        """In one atomic step: remember the event as accepted for ``channels`` (unless a
+        """In one atomic step: remember the event as accepted for ``channels``, of
+        ``shipment_id`` (unless a
         record of it is already stored: another worker accepted it meanwhile, and its outcomes
         stand); make ``state`` the shipment's newest unless a newer one is stored; and
         ``claim`` each channel for ``owner``. Returns the channels whose claim was granted."""
 
     async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
-        """Take (or renew) the right to send ``channel`` of ``event_id`` for ``lease`` seconds."""
+        """Take (or renew) the right to send ``channel`` of ``event_id`` for ``lease`` seconds,
+        unless its outcome is recorded and not ``CLAIMABLE``."""
 
-    async def mark_done(self, event_id: str, channel: str, outcome: str) -> None:
+    async def mark_done(self, event_id: str, channel: str, outcome: ChannelOutcome) -> None:
         """Remember the outcome of one channel of an accepted event and drop its claim."""
 
     async def reopen(self, event_id: str, channel: str) -> None:

@@ -1,0 +1,92 @@
+"""A store that waits out its outages: every call that fails with ``StoreError`` is made again
+after a growing delay, logged each time, until it succeeds.
+
+Why every call, and without a deadline: a read or a claim that gives up would end the record
+(dead-lettered for a blip of Redis), and a ``mark_done`` that gives up after a successful send
+would let the redelivery send it again. Waiting holds the record's offset, so nothing is lost
+and nothing is doubled; ``MAX_IN_FLIGHT`` bounds how many records wait, the consumer keeps
+polling (the group keeps the partitions), and a shutdown cancels the waits (their records are
+redelivered). The delay doubles from ``first_delay`` up to ``max_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from worker.dedup.store import (
+    ChannelOutcome,
+    Claim,
+    DedupStore,
+    ShipmentState,
+    Snapshot,
+    StoreError,
+)
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+_T = TypeVar("_T")
+
+
+class Resilient:
+    """``store``, with each call retried through ``StoreError``: see the module docstring."""
+
+    def __init__(self, store: DedupStore, first_delay: float = 0.05, max_delay: float = 5.0):
+        self._store = store
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+
+    async def load(self, event_id: str, shipment_id: str) -> Snapshot:
+        return await self._until_done("load", lambda: self._store.load(event_id, shipment_id))
+
+    async def accept(
+        self,
+        event_id: str,
+        channels: tuple[str, ...],
+        shipment_id: str,
+        state: ShipmentState,
+        owner: str,
+        lease: float,
+    ) -> tuple[str, ...]:
+        return await self._until_done(
+            "accept",
+            lambda: self._store.accept(event_id, channels, shipment_id, state, owner, lease),
+        )
+
+    async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        return await self._until_done(
+            "claim", lambda: self._store.claim(event_id, channel, owner, lease)
+        )
+
+    async def mark_done(self, event_id: str, channel: str, outcome: ChannelOutcome) -> None:
+        await self._until_done(
+            "mark_done", lambda: self._store.mark_done(event_id, channel, outcome)
+        )
+
+    async def reopen(self, event_id: str, channel: str) -> None:
+        await self._until_done("reopen", lambda: self._store.reopen(event_id, channel))
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    async def _until_done(self, name: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        try:
+            return await call()
+        except StoreError as exc:
+            error = exc
+        delay, attempt = self._first_delay, 1
+        while True:
+            log.warning(
+                "store_unavailable", call=name, attempt=attempt, retry_in=delay, error=str(error)
+            )
+            await asyncio.sleep(delay)
+            try:
+                result = await call()
+            except StoreError as exc:
+                error = exc
+            else:
+                log.info("store_recovered", call=name, attempts=attempt + 1)
+                return result
+            delay, attempt = min(delay * 2, self._max_delay), attempt + 1
