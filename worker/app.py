@@ -10,21 +10,20 @@ import signal
 import uuid
 from contextlib import AsyncExitStack
 
-from worker import logs
 from worker.channels import Sender
 from worker.channels.sms import TwilioSender, WebhookSender, http_client
 from worker.channels.smtp import SmtpSender
-from worker.consumer import KeyOrderedConsumer, Record, build_consumer
+from worker.consumer import KeyOrderedConsumer, build_consumer
 from worker.dedup import DedupStore, open_store
+from worker.dedup.resilient import Resilient
 from worker.dedup.store import StoreUnavailable
 from worker.delivery import Courier, InProcessRetry
-from worker.envelope import Envelope
 from worker.events import Shop
 from worker.logs import get_logger
 from worker.pipeline import Pipeline
 from worker.preview import check
 from worker.render import Renderer
-from worker.retry import Backoff, RetryLimits, due_time
+from worker.retry import Backoff, RetryLimits
 from worker.settings import Settings, SmsProvider
 from worker.sidetopics import SideTopics, build_producer
 from worker.topics import ensure_side_topics
@@ -82,7 +81,7 @@ def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
     except StoreUnavailable as exc:
         raise StartupError(f"DEDUP_URL: {exc}") from exc
     stack.push_async_callback(store.close)
-    return store
+    return Resilient(store)
 
 
 def build_pipeline(
@@ -113,6 +112,7 @@ def build_pipeline(
         channels=frozenset(senders),
         dead_letters=side,
         locale_for=renderer.locale_for,
+        retry_topic=side.retry_topic,
     )
 
 
@@ -140,12 +140,12 @@ async def run(
         stack.push_async_callback(kafka.stop)
         consumer = KeyOrderedConsumer(
             kafka,
-            lambda record: _process(pipeline, side.retry_topic, record),
+            pipeline.handle,
             topics=(kafka_settings.topic, side.retry_topic),
             max_in_flight=kafka_settings.max_in_flight,
             commit_interval=kafka_settings.commit_interval,
             drain_timeout=settings.app.shutdown_timeout,
-            due_at=lambda record: _due_at(side.retry_topic, record),
+            due_at=pipeline.due_at,
         )
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
@@ -169,32 +169,6 @@ async def run(
         )
         await consumer.run()
     log.info("worker_stopped")
-
-
-def _envelope(record: Record) -> Envelope:
-    return Envelope(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=tuple(record.headers),
-    )
-
-
-async def _process(pipeline: Pipeline, retry_topic: str, record: Record) -> None:
-    logs.new_context()
-    envelope = _envelope(record)
-    if record.topic == retry_topic:
-        await pipeline.process_retry(envelope)
-    else:
-        await pipeline.process(envelope)
-
-
-def _due_at(retry_topic: str, record: Record) -> float | None:
-    if record.topic != retry_topic:
-        return None
-    return due_time(dict(record.headers))
 
 
 async def _stop_when_set(stop: asyncio.Event, consumer: KeyOrderedConsumer) -> None:

@@ -1,11 +1,14 @@
-"""One notification on one channel, from claim to recorded outcome.
+"""Notifications, from acceptance to recorded outcome: the one owner of every per-channel
+store write (accept with its claims, claim, reopen, mark_done).
 
-    claim (taken with the event's acceptance, or here, waiting while another live worker
+    accept the event and claim its channels (or claim one, waiting while another live worker
     holds it) -> render -> send, retrying a transient failure a few times in process ->
-    record the outcome and release the claim:
+    record the channel's ``ChannelOutcome`` and release the claim:
       sent            the provider accepted it
       deferred        still failing: handed to the retry topic with a due time
-      dead_lettered   permanent failure, or retries exhausted: on the dead-letter topic
+      dead_lettered   permanent failure, retries exhausted, or a crash while sending it: on
+                      the dead-letter topic, where ``dlq replay`` can reopen it
+      stale           the shipment moved on, or the channel is no longer planned
 
 The outcome is written to the store only after the retry or dead-letter record is durable, so a
 crash in between leads to a resend attempt (guarded by the claim), never to a silent loss.
@@ -15,30 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from worker import headers
 from worker.channels import (
     Outgoing,
     PermanentDeliveryError,
     Sender,
     TransientDeliveryError,
 )
-from worker.dedup import DedupStore
+from worker.dedup import DedupStore, EventRecord, ShipmentState
+from worker.dedup.store import ChannelOutcome
 from worker.envelope import Envelope
 from worker.events import Event
-from worker.logs import get_logger, mask_email, mask_phone
+from worker.logs import get_logger, mask_email, mask_phone, redact_contacts
 from worker.policy import Delivery
 from worker.render import Renderer, RenderError
-from worker.retry import HISTORY, Backoff, RetryLimits, RetryState, first_retry, history_text
+from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_text
 
 log = get_logger(__name__)
 
-SENT = "sent"
-DEFERRED = "deferred"
-DEAD_LETTERED = "dead_lettered"
-STALE = "stale"
+SENT = ChannelOutcome.SENT
+DEFERRED = ChannelOutcome.DEFERRED
+DEAD_LETTERED = ChannelOutcome.DEAD_LETTERED
+STALE = ChannelOutcome.STALE
 
 
 class DeadLetters(Protocol):
@@ -62,6 +67,31 @@ class Retries(Protocol):
 class InProcessRetry:
     attempts: int  # retries after the first try, before the retry topic takes over
     backoff: Backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One channel of one event, to one address, from one record: what the courier delivers.
+    ``retry``: the retry record's state when this is a later attempt."""
+
+    event: Event
+    envelope: Envelope
+    delivery: Delivery
+    retry: RetryState | None = None
+
+    @property
+    def channel(self) -> str:
+        return self.delivery.channel
+
+    @property
+    def event_id(self) -> str:
+        return self.event.event_id
+
+    @property
+    def to(self) -> str:
+        """The address, masked for logs."""
+        address = self.delivery.address
+        return mask_email(address) if self.channel == "email" else mask_phone(address)
 
 
 class Courier:
@@ -90,36 +120,73 @@ class Courier:
         self.lease = lease
         self._clock = clock
 
-    async def deliver(
+    async def first(
+        self, event: Event, envelope: Envelope, deliveries: tuple[Delivery, ...]
+    ) -> dict[str, ChannelOutcome]:
+        """A new event: accept it (its shipment's state moves on, and every planned channel is
+        claimed in the same step) and deliver each channel concurrently."""
+        state = ShipmentState(event.status, event.occurred_at.timestamp())
+        claimed = await self._store.accept(
+            event.event_id,
+            tuple(d.channel for d in deliveries),
+            event.shipment.id,
+            state,
+            self.owner,
+            self.lease,
+        )
+        sends = [
+            self._deliver(n) if n.channel in claimed else self._claim_and_deliver(n)
+            for n in (Notification(event, envelope, d) for d in deliveries)
+        ]
+        results = await _concurrently(sends)
+        return {d.channel: r for d, r in zip(deliveries, results, strict=True)}
+
+    async def resume(
         self,
         event: Event,
         envelope: Envelope,
-        delivery: Delivery,
-        retry: RetryState | None = None,
-        *,
-        claimed: bool = False,
-    ) -> str:
-        """Deliver one channel and return its recorded outcome. ``claimed``: this worker
-        already holds the channel's claim (``DedupStore.accept`` took it)."""
-        channel = delivery.channel
-        to = mask_email(delivery.address) if channel == "email" else mask_phone(delivery.address)
-        done = None if claimed else await self._claim(event.event_id, channel)
-        if done is not None:
-            log.info("notification_already_done", channel=channel, outcome=done)
-            return done
-        try:
-            message = self._compose(event, delivery)
-            await self._send(message, to, tries=1 if retry else 1 + self._in_process.attempts)
-        except PermanentDeliveryError as exc:
-            await self._dead_letter(event, envelope, channel, "permanent", str(exc), to)
-            return DEAD_LETTERED
-        except TransientDeliveryError as exc:
-            return await self._defer(event, envelope, channel, str(exc), to, retry)
-        await self._store.mark_done(event.event_id, channel, SENT)
-        log.info("notification_sent", channel=channel, to=to)
-        return SENT
+        record: EventRecord,
+        deliveries: tuple[Delivery, ...],
+    ) -> dict[str, ChannelOutcome]:
+        """A redelivered event: the channels ``record`` has no outcome for. A pending channel
+        that is no longer planned (the policy, the contact or the configured channels changed
+        since) is dropped as stale."""
+        planned = {d.channel for d in deliveries}
+        for channel in record.pending:
+            if channel not in planned:
+                await self._store.mark_done(event.event_id, channel, STALE)
+                log.info("notification_skipped", channel=channel, reason="no_longer_planned")
+        pending = [d for d in deliveries if d.channel in record.pending]
+        results = await _concurrently(
+            [self._claim_and_deliver(Notification(event, envelope, d)) for d in pending]
+        )
+        return {d.channel: r for d, r in zip(pending, results, strict=True)}
 
-    async def _claim(self, event_id: str, channel: str) -> str | None:
+    async def again(self, notification: Notification) -> ChannelOutcome:
+        """A retry record's attempt."""
+        return await self._claim_and_deliver(notification)
+
+    async def replay(self, notification: Notification) -> ChannelOutcome:
+        """A dead-lettered channel put back by ``dlq replay``: its outcome is forgotten, then it
+        is delivered as a retry is."""
+        await self._store.reopen(notification.event_id, notification.channel)
+        log.info("notification_reopened", channel=notification.channel)
+        return await self._claim_and_deliver(notification)
+
+    async def drop(self, event_id: str, channels: Iterable[str], reason: str) -> None:
+        """The channels will not be sent: their news is outdated or no longer planned."""
+        for channel in channels:
+            await self._store.mark_done(event_id, channel, STALE)
+            log.info("notification_dropped", channel=channel, reason=reason)
+
+    async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
+        done = await self._claim(notification.event_id, notification.channel)
+        if done is not None:
+            log.info("notification_already_done", channel=notification.channel, outcome=done)
+            return done
+        return await self._deliver(notification)
+
+    async def _claim(self, event_id: str, channel: str) -> ChannelOutcome | None:
         """Hold the claim (None), or the outcome another worker recorded meanwhile. While a
         live worker holds it, wait: it finishes, or its lease ends."""
         waited = False
@@ -128,13 +195,31 @@ class Courier:
             if claim.granted:
                 return None
             if claim.outcome is not None:
-                return claim.outcome
+                return ChannelOutcome(claim.outcome)
             if not waited:
                 log.info("notification_claim_busy", channel=channel, holder=claim.holder)
                 waited = True
             await asyncio.sleep(min(1.0, self.lease / 4))
 
-    def _compose(self, event: Event, delivery: Delivery) -> Outgoing:
+    async def _deliver(self, notification: Notification) -> ChannelOutcome:
+        """Send a claimed notification and record its outcome."""
+        n = notification
+        tries = 1 if n.retry else 1 + self._in_process.attempts
+        try:
+            await self._send(self._compose(n), n.to, tries)
+        except PermanentDeliveryError as exc:
+            return await self._dead_letter(n, "permanent", str(exc))
+        except TransientDeliveryError as exc:
+            return await self._defer(n, str(exc))
+        except Exception as exc:  # a bug, or an answer nobody foresaw: this channel ends here
+            log.error("notification_crashed", channel=n.channel, to=n.to, exc_info=True)
+            return await self._dead_letter(n, "internal_error", describe_exception(exc))
+        await self._store.mark_done(n.event_id, n.channel, SENT)
+        log.info("notification_sent", channel=n.channel, to=n.to)
+        return SENT
+
+    def _compose(self, notification: Notification) -> Outgoing:
+        event, delivery = notification.event, notification.delivery
         try:
             if delivery.channel == "email":
                 email = self._renderer.email(event)
@@ -177,31 +262,22 @@ class Courier:
                 # a slow provider must not let the claim lapse while we still own the send
                 await self._store.claim(message.event_id, message.channel, self.owner, self.lease)
 
-    async def _defer(
-        self,
-        event: Event,
-        envelope: Envelope,
-        channel: str,
-        error: str,
-        to: str,
-        retry: RetryState | None,
-    ) -> str:
-        now = self._clock()
-        if retry is None:
-            following = first_retry(channel, now, error, self._limits)
+    async def _defer(self, notification: Notification, error: str) -> ChannelOutcome:
+        n, now = notification, self._clock()
+        if n.retry is None:
+            following = first_retry(n.channel, now, error, self._limits)
         else:
-            following = retry.failed_again(now, error, self._limits)
+            following = n.retry.failed_again(now, error, self._limits)
         if following is None:
-            failures = (*(retry.history if retry else ()), (now, error))
-            extra = [(HISTORY, history_text(failures).encode())]
-            await self._dead_letter(event, envelope, channel, "retries_exhausted", error, to, extra)
-            return DEAD_LETTERED
-        await self._retries.schedule(envelope, following, error)
-        await self._store.mark_done(event.event_id, channel, DEFERRED)
+            failures = (*(n.retry.history if n.retry else ()), (now, error))
+            extra = [(headers.RETRY_HISTORY, history_text(failures).encode())]
+            return await self._dead_letter(n, "retries_exhausted", error, extra)
+        await self._retries.schedule(n.envelope, following, error)
+        await self._store.mark_done(n.event_id, n.channel, DEFERRED)
         log.warning(
             "notification_retry_scheduled",
-            channel=channel,
-            to=to,
+            channel=n.channel,
+            to=n.to,
             attempt=following.attempt,
             due_in=round(following.due - now, 3),
             error=error,
@@ -210,14 +286,44 @@ class Courier:
 
     async def _dead_letter(
         self,
-        event: Event,
-        envelope: Envelope,
-        channel: str,
+        notification: Notification,
         error_type: str,
         error: str,
-        to: str,
         extra: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        await self._dead_letters.publish(envelope, error_type, error, channel=channel, extra=extra)
-        await self._store.mark_done(event.event_id, channel, DEAD_LETTERED)
-        log.error("notification_failed", channel=channel, to=to, error_type=error_type, error=error)
+    ) -> ChannelOutcome:
+        n = notification
+        await self._dead_letters.publish(
+            n.envelope, error_type, error, channel=n.channel, extra=extra
+        )
+        await self._store.mark_done(n.event_id, n.channel, DEAD_LETTERED)
+        log.error(
+            "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
+        )
+        return DEAD_LETTERED
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An unforeseen exception for a dead letter's reason: its type and message, bounded, any
+    address or number in it masked."""
+    text = f"{type(exc).__name__}: {exc}"[:500]
+    masked: str = redact_contacts(None, "", {"error": text})["error"]
+    return masked
+
+
+async def _concurrently(
+    sends: list[Coroutine[Any, Any, ChannelOutcome]],
+) -> list[ChannelOutcome]:
+    """The results of ``sends``, run at the same time: the first in this task and each other
+    one in a task of its own (``gather`` would create a task for every one). If this task is
+    cancelled or the first raises, the others are cancelled and waited for."""
+    if not sends:
+        return []
+    others = [asyncio.create_task(send) for send in sends[1:]]
+    try:
+        first = await sends[0]
+    except BaseException:
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        raise
+    return [first, *[await task for task in others]]

@@ -1,26 +1,35 @@
 """Dead-letter tooling for operators: what is in the dead-letter topic, and putting it back.
 
 ``list`` reads the whole topic (no consumer group, nothing committed) and groups the records
-by reason. ``replay`` publishes the selected records to the main topic again, unchanged but for
-a ``replay.from`` header; the worker then resends exactly the channels that were
-dead-lettered, so replaying the same records twice notifies once.
+by reason. ``replay`` puts the selected records back, value and producer headers unchanged:
+- a dead-lettered channel (``error.channel``) goes to the retry topic as that channel's retry,
+  due now, with a ``replay.from`` header naming the dead letter. The worker reopens the
+  channel and sends it once: replaying the same dead letter twice notifies once. Only the
+  retry topic can reopen a channel: ``replay.*`` headers on the main topic, where producers
+  write, are dropped unread, so a producer cannot make the worker resend anything.
+- any other dead letter (an invalid or undecodable record, an event_id conflict, a crash
+  before its channels were decided) goes to the main topic as a producer would send it, to
+  be decoded and handled afresh (useful once the producer or the worker is fixed).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.envelope import REPLAYED_FROM
+from worker import headers
+from worker.events import Channel
+from worker.retry import RetryState
 from worker.settings import KafkaSettings
 from worker.topics import partitions_of
 
-_OURS = ("error.", "original.", "retry.", "replay.")
+_CHANNELS = frozenset(get_args(Channel))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +49,8 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        channel = self.header("error.channel")
-        kind = self.header("error.type") or "unknown"
+        channel = self.header(headers.ERROR_CHANNEL)
+        kind = self.header(headers.ERROR_TYPE) or "unknown"
         return f"{kind}/{channel}" if channel else kind
 
 
@@ -95,7 +104,7 @@ async def summarize(settings: KafkaSettings) -> Summary:
     first = last = None
     async for letter in read_all(settings):
         by_reason[letter.reason] += 1
-        examples.setdefault(letter.reason, letter.header("error.message")[:200])
+        examples.setdefault(letter.reason, letter.header(headers.ERROR_MESSAGE)[:200])
         first = min(first or letter.timestamp, letter.timestamp)
         last = max(last or letter.timestamp, letter.timestamp)
     return Summary(sum(by_reason.values()), by_reason, first, last, examples)
@@ -105,7 +114,7 @@ def selector(reason: str | None, since: datetime | None) -> Callable[[DeadLetter
     """``reason`` matches ``error.type`` or ``error.type/channel``."""
 
     def wanted(letter: DeadLetter) -> bool:
-        if reason and reason not in (letter.reason, letter.header("error.type")):
+        if reason and reason not in (letter.reason, letter.header(headers.ERROR_TYPE)):
             return False
         return since is None or letter.timestamp >= since
 
@@ -115,7 +124,7 @@ def selector(reason: str | None, since: datetime | None) -> Callable[[DeadLetter
 async def replay(
     settings: KafkaSettings, wanted: Callable[[DeadLetter], bool], *, dry_run: bool = False
 ) -> int:
-    """Publish the wanted dead letters to the main topic; return how many."""
+    """Put the wanted dead letters back (see the module docstring); return how many."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
     )
@@ -127,16 +136,25 @@ async def replay(
                 continue
             count += 1
             if not dry_run:
-                await producer.send(
-                    settings.topic, letter.value, key=letter.key, headers=_replay_headers(letter)
-                )
+                topic, fields = _replayed(letter, settings)
+                await producer.send(topic, letter.value, key=letter.key, headers=fields)
         await producer.flush()
     finally:
         await producer.stop()
     return count
 
 
-def _replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    kept = [(k, v) for k, v in letter.headers if not k.startswith(_OURS)]
-    source = f"{letter.partition}:{letter.offset}".encode()
-    return [*kept, (REPLAYED_FROM, source), ("replay.reason", letter.reason.encode())]
+def _replayed(letter: DeadLetter, settings: KafkaSettings) -> tuple[str, list[tuple[str, bytes]]]:
+    """Where a dead letter goes back to, and with which headers."""
+    kept = [(k, v) for k, v in letter.headers if not headers.is_ours(k)]
+    channel = letter.header(headers.ERROR_CHANNEL)
+    if channel not in _CHANNELS:
+        return settings.topic, kept
+    now = time.time()
+    origin = [(k, v) for k, v in letter.headers if k in headers.ORIGIN]
+    source = [
+        (headers.REPLAY_FROM, f"{letter.partition}:{letter.offset}".encode()),
+        (headers.REPLAY_REASON, letter.reason.encode()),
+    ]
+    state = RetryState(channel, attempt=1, due=now, first_failed_at=now, history=())
+    return settings.retries_topic, [*kept, *origin, *state.headers(), *source]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
-REPLAYED_FROM = "replay.from"  # set by `dlq replay`: the dead-letter record it came from
+from worker import headers
+
+_OFFSET = re.compile(rb"[0-9]{1,19}\Z")  # a partition or an offset: a non-negative int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,10 @@ class Envelope:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: float | None = None  # the record's time (POSIX seconds), when the broker has one
+    # why the consumer could not read the record as Kafka sent it (e.g. a header name that is
+    # not UTF-8): the pipeline dead-letters it with what could be kept
+    fault: str | None = None
 
     def header(self, name: str) -> bytes | None:
         """The last value of header ``name`` (Kafka allows repeats; the newest counts)."""
@@ -24,20 +31,25 @@ class Envelope:
                 found = value
         return found
 
-    def header_map(self) -> dict[str, bytes]:
-        return dict(self.headers)
+    def from_producer(self) -> Envelope:
+        """This record without the worker's own headers: on the main topic, where producers
+        write, they were not set by the worker and are not trusted."""
+        if not any(headers.is_ours(name) for name, _ in self.headers):
+            return self
+        kept = tuple((k, v) for k, v in self.headers if not headers.is_ours(k))
+        return replace(self, headers=kept)
 
     def origin(self) -> tuple[str, int, int]:
-        """Topic, partition and offset of the record this one stems from: itself, unless it
-        is a retry or replay that carries ``original.*`` headers."""
-        topic, partition, offset = (
-            self.header("original.topic"),
-            self.header("original.partition"),
-            self.header("original.offset"),
-        )
+        """Topic, partition and offset of the main-topic record this one stems from: itself,
+        unless it is a retry that carries well-formed ``original.*`` headers."""
+        topic = self.header(headers.ORIGINAL_TOPIC)
+        partition = self.header(headers.ORIGINAL_PARTITION)
+        offset = self.header(headers.ORIGINAL_OFFSET)
         if topic is None or partition is None or offset is None:
             return self.topic, self.partition, self.offset
-        return topic.decode(), int(partition), int(offset)
+        if not (_OFFSET.match(partition) and _OFFSET.match(offset)):
+            return self.topic, self.partition, self.offset
+        return topic.decode("utf-8", "replace"), int(partition), int(offset)
 
     @property
     def key_text(self) -> str | None:

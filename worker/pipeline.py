@@ -1,29 +1,33 @@
-"""One record from bytes to outcome: decode -> rules -> plan -> deliver each channel.
+"""One record from bytes to outcome: route it, decode it, apply the rules, decide its channels,
+and hand them to the courier (``delivery.Courier``), which owns everything done per channel.
+
+    handle(envelope)                      the last-resort boundary: one record, one outcome
+      ├── a record the consumer could not read        -> dead-lettered (``undecodable``)
+      ├── main topic:  decode -> load -> conflict? -> redelivery? -> rules -> plan
+      │                  -> Courier.first / Courier.resume
+      └── retry topic: retry state -> decode -> load -> replay? / done? / superseded?
+                         -> plan (that channel) -> Courier.again / Courier.replay
 
 Every record ends in exactly one ``Outcome`` (notified, retrying, skipped by a named rule, or
-dead-lettered with a reason) and one summary log line. The event is accepted in the store
-before anything is sent, in the same step that claims its channels; each channel then records
-its own outcome (``delivery.Courier``), so a record redelivered after a crash sends exactly the
-channels that have none.
-
-Main-topic records go through ``process``; retry-topic records through ``process_retry``,
-which first drops a notification whose shipment has moved on (never send a status late).
-No Kafka here: the consumer hands in ``Envelope``s.
+dead-lettered with a reason) and one summary log line. Anything a record raises that nothing
+foresaw ends that record, not the worker: it is dead-lettered as ``internal_error`` with the
+exception's type and masked message. Main-topic records are the producers': the worker's own
+headers on them are dropped unread, so only the retry topic (written by the worker and by
+``dlq replay``) can say that a record is a retry or a replay. No Kafka here: the consumer
+hands in ``Envelope``s.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from worker import retry
+from worker import headers, logs, retry
 from worker.dedup import DedupStore, ShipmentState
 from worker.dedup.rules import skip_reason
-from worker.dedup.store import EventRecord
-from worker.delivery import DEAD_LETTERED, DEFERRED, SENT, STALE, Courier, DeadLetters
-from worker.envelope import REPLAYED_FROM, Envelope
+from worker.dedup.store import CLAIMABLE, ChannelOutcome
+from worker.delivery import Courier, DeadLetters, Notification, describe_exception
+from worker.envelope import Envelope
 from worker.events import Event, InvalidEvent, decode
 from worker.logs import bind, get_logger
 from worker.policy import Delivery, plan
@@ -38,6 +42,7 @@ class Outcome:
     sent: tuple[str, ...] = ()
     deferred: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
+    error: str = ""  # why a record was dead-lettered
 
 
 class Pipeline:
@@ -50,6 +55,7 @@ class Pipeline:
         channels: frozenset[str],
         dead_letters: DeadLetters,
         locale_for: Callable[[str | None], str],
+        retry_topic: str,
     ) -> None:
         self._store = store
         self._courier = courier
@@ -57,37 +63,38 @@ class Pipeline:
         self._channels = channels
         self._dead_letters = dead_letters
         self._locale_for = locale_for
+        self.retry_topic = retry_topic
 
-    async def process(self, envelope: Envelope) -> Outcome:
-        """A main-topic record (or a replayed dead letter)."""
-        event = await self._decoded(envelope)
-        if isinstance(event, Outcome):
-            return event
-        outcome = await self._handle(event, envelope)
-        _log_outcome(outcome)
-        return outcome
-
-    async def process_retry(self, envelope: Envelope) -> Outcome:
-        """A retry-topic record: the next attempt of one channel of an accepted event."""
-        try:
-            state = retry.parse(envelope.header_map())
-        except ValueError as exc:
-            return await self._reject(envelope, "bad_retry_record", str(exc))
-        event = await self._decoded(envelope)
-        if isinstance(event, Outcome):
-            return event
-        bind(channel=state.channel, attempt=state.attempt)
-        outcome = await self._retry(event, envelope, state)
-        _log_outcome(outcome)
-        return outcome
-
-    async def _decoded(self, envelope: Envelope) -> Event | Outcome:
-        bind(
+    async def handle(self, envelope: Envelope) -> Outcome:
+        """One record of the main or the retry topic, to its one logged outcome."""
+        logs.new_context(
             topic=envelope.topic,
             partition=envelope.partition,
             offset=envelope.offset,
             key=envelope.key_text,
         )
+        try:
+            outcome = await self._route(envelope)
+        except Exception as exc:  # the last resort: one record's bug must not stop the worker
+            log.error("record_crashed", exc_info=True)
+            outcome = await self._reject(envelope, "internal_error", describe_exception(exc))
+        _log_outcome(outcome)
+        return outcome
+
+    def due_at(self, envelope: Envelope) -> float | None:
+        """When a record may run: a retry waits for its due time; anything else runs now."""
+        if envelope.topic != self.retry_topic:
+            return None
+        return retry.due_time(dict(envelope.headers))
+
+    async def _route(self, envelope: Envelope) -> Outcome:
+        if envelope.fault is not None:
+            return await self._reject(envelope, "undecodable", envelope.fault)
+        if envelope.topic == self.retry_topic:
+            return await self._retry(envelope)
+        return await self._main(envelope.from_producer())
+
+    async def _decoded(self, envelope: Envelope) -> Event | Outcome:
         decoded = decode(envelope.value)
         if isinstance(decoded, InvalidEvent):
             return await self._reject(envelope, decoded.kind, decoded.message)
@@ -101,117 +108,74 @@ class Pipeline:
 
     async def _reject(self, envelope: Envelope, kind: str, message: str) -> Outcome:
         await self._dead_letters.publish(envelope, kind, message)
-        log.warning("event_dead_lettered", outcome="dead_lettered", reason=kind, error=message)
-        return Outcome("dead_lettered", kind)
+        return Outcome("dead_lettered", kind, error=message)
 
-    async def _handle(self, event: Event, envelope: Envelope) -> Outcome:
+    async def _main(self, envelope: Envelope) -> Outcome:
+        event = await self._decoded(envelope)
+        if isinstance(event, Outcome):
+            return event
         snapshot = await self._store.load(event.event_id, event.shipment.id)
-        if snapshot.event is not None:
-            return await self._resume(event, envelope, snapshot.event, snapshot.shipment)
+        record = snapshot.event
+        if record is not None and record.shipment_id not in (None, event.shipment.id):
+            return await self._reject(
+                envelope,
+                "event_id_conflict",
+                f"event_id {event.event_id!r} was accepted for another shipment",
+            )
+        if record is not None:  # a redelivery: send what has no outcome yet
+            if not record.pending:
+                return Outcome("skipped", "duplicate")
+            if _superseded(event, snapshot.shipment):
+                await self._courier.drop(event.event_id, record.pending, "superseded")
+                return Outcome("skipped", "superseded")
+            log.info("event_resumed", channels=list(record.pending))
+            deliveries = self._deliveries(event, record.pending)
+            return _summarize(await self._courier.resume(event, envelope, record, deliveries))
         rule = skip_reason(event, snapshot.shipment)
         if rule is not None:
             return Outcome("skipped", rule)
-        deliveries = self._plan(event, log_skips=True)
-        state = ShipmentState(event.status, event.occurred_at.timestamp())
-        claimed = await self._store.accept(
-            event.event_id,
-            tuple(d.channel for d in deliveries),
-            event.shipment.id,
-            state,
-            self._courier.owner,
-            self._courier.lease,
-        )
-        if not deliveries:
-            return Outcome("skipped", "no_channel")
-        return await self._deliver(event, envelope, deliveries, claimed)
+        deliveries = self._deliveries(event, log_skips=True)
+        return _summarize(await self._courier.first(event, envelope, deliveries))
 
-    async def _resume(
-        self,
-        event: Event,
-        envelope: Envelope,
-        record: EventRecord,
-        shipment: ShipmentState | None,
-    ) -> Outcome:
-        """A redelivery: send what has no outcome yet (and, for a replayed dead letter, what
-        was dead-lettered), unless the shipment has moved on since."""
-        replayed = [c for c, o in record.done.items() if o == DEAD_LETTERED]
-        if envelope.header(REPLAYED_FROM) is not None:
-            for channel in replayed:
-                await self._store.reopen(event.event_id, channel)
-            pending = tuple(c for c in record.channels if c in replayed or c not in record.done)
-        else:
-            pending = record.pending
-        if not pending:
-            return Outcome("skipped", "duplicate")
-        if _superseded(event, shipment):
-            await self._drop_stale(event.event_id, pending)
-            return Outcome("skipped", "superseded")
-        log.info("event_resumed", channels=list(pending))
-        deliveries = [d for d in self._plan(event, log_skips=False) if d.channel in pending]
-        unplanned = tuple(c for c in pending if c not in {d.channel for d in deliveries})
-        for channel in unplanned:  # the policy or the configured channels changed since
-            await self._store.mark_done(event.event_id, channel, STALE)
-            log.info("notification_skipped", channel=channel, reason="no_longer_planned")
-        if not deliveries:
-            return Outcome("skipped", "no_channel")
-        return await self._deliver(event, envelope, deliveries)
-
-    async def _retry(self, event: Event, envelope: Envelope, state: retry.RetryState) -> Outcome:
+    async def _retry(self, envelope: Envelope) -> Outcome:
+        """The next attempt of one channel of an accepted event, or a dead-lettered channel put
+        back by ``dlq replay`` (``replay.from``, trusted on this topic only)."""
+        try:
+            state = retry.parse(dict(envelope.headers))
+        except ValueError as exc:
+            return await self._reject(envelope, "bad_retry_record", str(exc))
+        event = await self._decoded(envelope)
+        if isinstance(event, Outcome):
+            return event
+        bind(channel=state.channel, attempt=state.attempt)
         snapshot = await self._store.load(event.event_id, event.shipment.id)
         done = snapshot.event.done.get(state.channel) if snapshot.event else None
-        if done is not None and done != DEFERRED:
+        replayed = envelope.header(headers.REPLAY_FROM) is not None
+        reopen = replayed and done == ChannelOutcome.DEAD_LETTERED
+        if done is not None and done not in CLAIMABLE and not reopen:
             return Outcome("skipped", "duplicate")
         if _superseded(event, snapshot.shipment):
-            await self._drop_stale(event.event_id, (state.channel,))
+            await self._courier.drop(event.event_id, (state.channel,), "superseded")
             return Outcome("skipped", "superseded")
-        deliveries = [d for d in self._plan(event, log_skips=False) if d.channel == state.channel]
+        deliveries = self._deliveries(event, (state.channel,))
         if not deliveries:  # the contact or the policy changed since the first attempt
-            await self._store.mark_done(event.event_id, state.channel, STALE)
+            await self._courier.drop(event.event_id, (state.channel,), "no_longer_planned")
             return Outcome("skipped", "no_channel")
-        result = await self._courier.deliver(event, envelope, deliveries[0], state)
-        return _summarize([(state.channel, result)])
+        notification = Notification(event, envelope, deliveries[0], state)
+        send = self._courier.replay if reopen else self._courier.again
+        return _summarize({state.channel: await send(notification)})
 
-    async def _drop_stale(self, event_id: str, channels: tuple[str, ...]) -> None:
-        for channel in channels:
-            await self._store.mark_done(event_id, channel, STALE)
-            log.info("notification_stale_dropped", channel=channel)
-
-    def _plan(self, event: Event, *, log_skips: bool) -> list[Delivery]:
+    def _deliveries(
+        self, event: Event, only: tuple[str, ...] | None = None, *, log_skips: bool = False
+    ) -> tuple[Delivery, ...]:
+        """The channels the event gets now (of ``only``, when given), with their addresses."""
         decided = plan(event, self._policy, self._channels)
         if log_skips:
             for skip in decided.skips:
                 log.info("notification_skipped", channel=skip.channel, reason=skip.reason)
-        return list(decided.deliveries)
-
-    async def _deliver(
-        self,
-        event: Event,
-        envelope: Envelope,
-        deliveries: list[Delivery],
-        claimed: tuple[str, ...] = (),
-    ) -> Outcome:
-        """Each channel concurrently; ``claimed``: the channels whose claim ``accept`` took."""
-        sends = [
-            self._courier.deliver(event, envelope, d, claimed=d.channel in claimed)
-            for d in deliveries
-        ]
-        results = await _concurrently(sends)
-        return _summarize([(d.channel, r) for d, r in zip(deliveries, results, strict=True)])
-
-
-async def _concurrently(sends: list[Coroutine[Any, Any, str]]) -> list[str]:
-    """The results of ``sends``, run at the same time: the first in this task and each other
-    one in a task of its own (``gather`` would create a task for every one). If this task is
-    cancelled or the first raises, the others are cancelled and waited for."""
-    others = [asyncio.create_task(send) for send in sends[1:]]
-    try:
-        first = await sends[0]
-    except BaseException:
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        raise
-    return [first, *[await task for task in others]]
+        if only is None:
+            return decided.deliveries
+        return tuple(d for d in decided.deliveries if d.channel in only)
 
 
 def _superseded(event: Event, shipment: ShipmentState | None) -> bool:
@@ -224,11 +188,19 @@ def _superseded(event: Event, shipment: ShipmentState | None) -> bool:
     )
 
 
-def _summarize(results: list[tuple[str, str]]) -> Outcome:
-    sent = tuple(c for c, r in results if r == SENT)
-    deferred = tuple(c for c, r in results if r == DEFERRED)
-    failed = tuple(c for c, r in results if r == DEAD_LETTERED)
-    stale = tuple(c for c, r in results if r == STALE)
+def _summarize(results: dict[str, ChannelOutcome]) -> Outcome:
+    """The record's outcome from its channels': notified when one was sent."""
+    if not results:
+        return Outcome("skipped", "no_channel")
+    sent, deferred, failed, stale = (
+        tuple(c for c, r in results.items() if r is outcome)
+        for outcome in (
+            ChannelOutcome.SENT,
+            ChannelOutcome.DEFERRED,
+            ChannelOutcome.DEAD_LETTERED,
+            ChannelOutcome.STALE,
+        )
+    )
     if sent:
         return Outcome("notified", sent=sent, deferred=deferred, failed=failed)
     if deferred:
@@ -250,6 +222,13 @@ def _log_outcome(outcome: Outcome) -> None:
         log.info("event_notified", outcome="notified", **channels)
     elif outcome.kind == "retrying":
         log.warning("event_retrying", outcome="retrying", **channels)
+    elif outcome.error:  # the record itself
+        log.warning(
+            "event_dead_lettered",
+            outcome="dead_lettered",
+            reason=outcome.reason,
+            error=outcome.error,
+        )
     else:
         log.warning(
             "event_dead_lettered", outcome="dead_lettered", reason=outcome.reason, **channels

@@ -10,17 +10,20 @@ topic with its full history.
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import get_args
 
-# headers of a retry record (besides original.* and error.message)
-CHANNEL = "retry.channel"
-ATTEMPT = "retry.attempt"
-DUE = "retry.due"
-FIRST_FAILED = "retry.first_failed_at"
-HISTORY = "retry.history"
+from worker import headers
+from worker.events import Channel
+
+_CHANNELS = frozenset(get_args(Channel))
+
 MAX_HISTORY = 20
+MAX_ERROR = 300  # characters of each failure kept in the history
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +71,20 @@ class RetryState:
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
-            (CHANNEL, self.channel.encode()),
-            (ATTEMPT, str(self.attempt).encode()),
-            (DUE, repr(self.due).encode()),
-            (FIRST_FAILED, repr(self.first_failed_at).encode()),
-            (HISTORY, self.history_text().encode()),
+            (headers.RETRY_CHANNEL, self.channel.encode()),
+            (headers.RETRY_ATTEMPT, str(self.attempt).encode()),
+            (headers.RETRY_DUE, repr(self.due).encode()),
+            (headers.RETRY_FIRST_FAILED, repr(self.first_failed_at).encode()),
+            (headers.RETRY_HISTORY, self.history_text().encode()),
         ]
 
 
 def history_text(history: tuple[tuple[float, str], ...]) -> str:
-    """The failures as JSON: ``[{"at": ISO time, "error": ...}, ...]``."""
+    """The failures as JSON: ``[{"at": ISO time, "error": ...}, ...]``, in ASCII: any error
+    text (a server's reply in Latin-1, decoded with lone surrogates) is escaped, never
+    refused."""
     return json.dumps(
-        [{"at": _iso(at), "error": error[:300]} for at, error in history[-MAX_HISTORY:]],
-        ensure_ascii=False,
+        [{"at": _iso(at), "error": error[:MAX_ERROR]} for at, error in history[-MAX_HISTORY:]]
     )
 
 
@@ -91,29 +95,51 @@ def first_retry(channel: str, now: float, error: str, limits: RetryLimits) -> Re
     return RetryState(channel, 1, now + limits.backoff.delay(1), now, ((now, error),))
 
 
-def parse(headers: dict[str, bytes]) -> RetryState:
-    """The retry state of a retry record; ValueError when the headers are not ours."""
+def parse(found: Mapping[str, bytes]) -> RetryState:
+    """The retry state of a retry record; ValueError when the headers are not ours: a channel
+    the worker does not have, an attempt that is not a small positive number, a time that is
+    not a finite number, a history that is not the list ``history_text`` writes."""
     try:
-        history = json.loads(headers[HISTORY])
+        channel = found[headers.RETRY_CHANNEL].decode()
+        if channel not in _CHANNELS:
+            raise ValueError(f"unknown channel {channel[:40]!r}")
+        raw_attempt = found[headers.RETRY_ATTEMPT]
+        attempt = int(raw_attempt) if len(raw_attempt) <= 4 else 0
+        if not 0 < attempt <= 1000:
+            raise ValueError(f"attempt {raw_attempt[:40]!r} out of range")
+        history = json.loads(found[headers.RETRY_HISTORY])
         return RetryState(
-            channel=headers[CHANNEL].decode(),
-            attempt=int(headers[ATTEMPT]),
-            due=float(headers[DUE]),
-            first_failed_at=float(headers[FIRST_FAILED]),
+            channel=channel,
+            attempt=attempt,
+            due=_finite(found[headers.RETRY_DUE]),
+            first_failed_at=_finite(found[headers.RETRY_FIRST_FAILED]),
             history=tuple(
-                (datetime.fromisoformat(h["at"]).timestamp(), str(h["error"])) for h in history
+                (datetime.fromisoformat(h["at"]).timestamp(), str(h["error"]))
+                for h in history[-MAX_HISTORY:]
             ),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a retry record: {exc!r}") from exc
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"not a retry record: {_short(exc)}") from exc
 
 
-def due_time(headers: dict[str, bytes]) -> float | None:
-    raw = headers.get(DUE)
+def due_time(found: Mapping[str, bytes]) -> float | None:
+    """When a retry record may run; None when it has no (usable) due time: it runs now."""
+    raw = found.get(headers.RETRY_DUE)
     try:
-        return float(raw) if raw is not None else None
+        return _finite(raw) if raw is not None else None
     except ValueError:
         return None
+
+
+def _finite(raw: bytes) -> float:
+    value = float(raw) if len(raw) <= 40 else math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{raw[:40]!r} is not a finite time")
+    return value
+
+
+def _short(exc: BaseException) -> str:
+    return repr(exc)[:200]
 
 
 def _iso(at: float) -> str:

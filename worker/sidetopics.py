@@ -14,15 +14,13 @@ import asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from worker import headers
 from worker.envelope import Envelope
 from worker.logs import get_logger
 from worker.retry import RetryState
 from worker.settings import KafkaSettings
 
 log = get_logger(__name__)
-
-MAX_ERROR_MESSAGE = 1000
-_OURS = ("error.", "original.", "retry.", "replay.")
 
 
 def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
@@ -35,13 +33,15 @@ def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
 
 
 def origin_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
+    """The producer's headers, and where the record stems from (the worker's own headers the
+    record carried are replaced, never passed on)."""
     topic, partition, offset = envelope.origin()
-    kept = [(k, v) for k, v in envelope.headers if not k.startswith(_OURS)]
+    kept = [(k, v) for k, v in envelope.headers if not headers.is_ours(k)]
     return [
         *kept,
-        ("original.topic", topic.encode()),
-        ("original.partition", str(partition).encode()),
-        ("original.offset", str(offset).encode()),
+        (headers.ORIGINAL_TOPIC, topic.encode()),
+        (headers.ORIGINAL_PARTITION, str(partition).encode()),
+        (headers.ORIGINAL_OFFSET, str(offset).encode()),
     ]
 
 
@@ -53,11 +53,11 @@ def dead_letter_headers(
     extra: list[tuple[str, bytes]] | None = None,
 ) -> list[tuple[str, bytes]]:
     reason = [
-        ("error.type", error_type.encode()),
-        ("error.message", message[:MAX_ERROR_MESSAGE].encode("utf-8", "replace")),
+        (headers.ERROR_TYPE, error_type.encode()),
+        (headers.ERROR_MESSAGE, headers.text(message)),
     ]
     if channel is not None:
-        reason.append(("error.channel", channel.encode()))
+        reason.append((headers.ERROR_CHANNEL, channel.encode()))
     return [*origin_headers(envelope), *reason, *(extra or [])]
 
 
@@ -77,20 +77,24 @@ class SideTopics:
         channel: str | None = None,
         extra: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        headers = dead_letter_headers(envelope, error_type, message, channel, extra)
-        await self._send(self.dead_letter_topic, envelope, headers)
+        await self._send(
+            self.dead_letter_topic,
+            envelope,
+            dead_letter_headers(envelope, error_type, message, channel, extra),
+        )
 
     async def schedule(self, envelope: Envelope, state: RetryState, error: str) -> None:
-        message = ("error.message", error[:MAX_ERROR_MESSAGE].encode("utf-8", "replace"))
-        headers = [*origin_headers(envelope), *state.headers(), message]
-        await self._send(self.retry_topic, envelope, headers)
+        message = (headers.ERROR_MESSAGE, headers.text(error))
+        await self._send(
+            self.retry_topic, envelope, [*origin_headers(envelope), *state.headers(), message]
+        )
 
-    async def _send(self, topic: str, envelope: Envelope, headers: list[tuple[str, bytes]]) -> None:
+    async def _send(self, topic: str, envelope: Envelope, fields: list[tuple[str, bytes]]) -> None:
         delay = 0.5
         while True:
             try:
                 await self._producer.send_and_wait(
-                    topic, envelope.value, key=envelope.key, headers=headers
+                    topic, envelope.value, key=envelope.key, headers=fields
                 )
                 return
             except KafkaError as exc:
