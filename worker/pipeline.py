@@ -134,8 +134,10 @@ class Pipeline:
         rule = skip_reason(event, snapshot.shipment)
         if rule is not None:
             return Outcome("skipped", rule)
-        deliveries = self._deliveries(event, log_skips=True)
-        return _summarize(await self._courier.first(event, envelope, deliveries))
+        decided = plan(event, self._policy, self._channels)
+        for skip in decided.skips:
+            log.info("notification_skipped", channel=skip.channel, reason=skip.reason)
+        return _summarize(await self._courier.first(event, envelope, decided.deliveries))
 
     async def _retry(self, envelope: Envelope) -> Outcome:
         """The next attempt of one channel of an accepted event, or a dead-lettered channel put
@@ -165,16 +167,10 @@ class Pipeline:
         send = self._courier.replay if reopen else self._courier.again
         return _summarize({state.channel: await send(notification)})
 
-    def _deliveries(
-        self, event: Event, only: tuple[str, ...] | None = None, *, log_skips: bool = False
-    ) -> tuple[Delivery, ...]:
-        """The channels the event gets now (of ``only``, when given), with their addresses."""
+    def _deliveries(self, event: Event, only: tuple[str, ...]) -> tuple[Delivery, ...]:
+        """Which of the ``only`` channels of an accepted event it still gets, and where: the
+        addresses are not stored, so a later attempt plans again."""
         decided = plan(event, self._policy, self._channels)
-        if log_skips:
-            for skip in decided.skips:
-                log.info("notification_skipped", channel=skip.channel, reason=skip.reason)
-        if only is None:
-            return decided.deliveries
         return tuple(d for d in decided.deliveries if d.channel in only)
 
 
