@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store
-from worker.dedup import sqlite
+from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store, sqlite
 from worker.dedup.store import ChannelOutcome, Claim, StoreError, StoreUnavailable
 
 OpenStore = Callable[..., Awaitable[DedupStore]]

@@ -27,6 +27,7 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from worker.envelope import Envelope
 from worker.logs import get_logger
 from worker.offsets import Watermark
 from worker.settings import KafkaSettings
@@ -34,8 +35,8 @@ from worker.settings import KafkaSettings
 log = get_logger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Handler = Callable[[Record], Awaitable[None]]
-DueAt = Callable[[Record], float | None]
+Handler = Callable[[Envelope], Awaitable[object]]
+DueAt = Callable[[Envelope], float | None]
 OrderKey = tuple[TopicPartition | None, bytes | None]
 
 
@@ -114,12 +115,13 @@ class KeyOrderedConsumer:
             batch = await self._consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for record in records:
-                    if self._wait_until_due(tp, record):
+                    item = envelope(record)
+                    if self._wait_until_due(tp, item):
                         break
-                    if not await self._dispatch(record):
+                    if not await self._dispatch(item):
                         return
 
-    def _wait_until_due(self, tp: TopicPartition, record: Record) -> bool:
+    def _wait_until_due(self, tp: TopicPartition, record: Envelope) -> bool:
         """True when ``record`` is not due yet: its partition now waits (paused, rewound)."""
         due = self._due_at(record) if self._due_at else None
         delay = due - time.time() if due is not None else 0.0
@@ -136,7 +138,7 @@ class KeyOrderedConsumer:
         if tp in self._marks:
             self._consumer.resume(tp)
 
-    async def _dispatch(self, record: Record) -> bool:
+    async def _dispatch(self, record: Envelope) -> bool:
         """Start ``record``'s task once a slot is free; False when stopping instead."""
         if not await self._slots.take():  # False once stopping
             return False
@@ -154,7 +156,7 @@ class KeyOrderedConsumer:
         return True
 
     async def _run_in_order(
-        self, record: Record, previous: asyncio.Task[None] | None, mark: Watermark
+        self, record: Envelope, previous: asyncio.Task[None] | None, mark: Watermark
     ) -> None:
         try:
             if previous is not None:
@@ -242,6 +244,19 @@ class KeyOrderedConsumer:
         for tp in assigned:
             self._marks[tp] = Watermark()  # fetching restarts at the committed offset
         log.info("partitions_assigned", partitions=sorted(_names(assigned)))
+
+
+def envelope(record: Record) -> Envelope:
+    """The record as plain data for the pipeline."""
+    return Envelope(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple(record.headers),
+        timestamp=record.timestamp / 1000 if record.timestamp >= 0 else None,
+    )
 
 
 class _Slots:
