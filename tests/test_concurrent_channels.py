@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from worker.pipeline import _concurrently
+from worker.delivery import _concurrently
 
 
 async def _after(delay: float, result: str, log: list[str]) -> str:

@@ -133,7 +133,8 @@ async def test_replaying_dead_letters_twice_notifies_once(
     monkeypatch: Any,
 ) -> None:
     """An email refused with 550 is dead-lettered; after the fix, replaying the dead letters
-    sends it once, and replaying them again sends nothing more."""
+    sends it once, and replaying them again sends nothing more. A replay of a dead-lettered
+    channel comes back through the retry topic (the only topic that may reopen a channel)."""
     topic = await new_topic(partitions=1)
     env = worker_env(topic)
     smtp_sink.faults.count, smtp_sink.faults.reply = 1, "550 5.1.1 mailbox unavailable"
@@ -148,9 +149,10 @@ async def test_replaying_dead_letters_twice_notifies_once(
         assert (summary.total, dict(summary.by_reason)) == (1, {"permanent/email": 1})
         assert await dlq.replay(kafka, dlq.selector("permanent", None)) == 1
         await smtp_sink.wait_for(1)
-        await wait_committed(kafka_bootstrap, env, {0: 2})
+        retries = {**env, "KAFKA_TOPIC": f"{topic}.retry"}
+        await wait_committed(kafka_bootstrap, retries, {0: 1})
         assert await dlq.replay(kafka, dlq.selector(None, None)) == 1
-        await wait_committed(kafka_bootstrap, env, {0: 3})
+        await wait_committed(kafka_bootstrap, retries, {0: 2})
     assert len(smtp_sink.messages) == 1
     assert len(sms_sink.requests) == 1  # the SMS went out the first time and only then
 

@@ -177,7 +177,7 @@ class Courier:
         """The channels will not be sent: their news is outdated or no longer planned."""
         for channel in channels:
             await self._store.mark_done(event_id, channel, STALE)
-            log.info("notification_dropped", channel=channel, reason=reason)
+            log.info("notification_stale_dropped", channel=channel, reason=reason)
 
     async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
         done = await self._claim(notification.event_id, notification.channel)
