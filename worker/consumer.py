@@ -14,6 +14,18 @@ partitions, the main topic's among them, keep flowing.
 Commits: only offsets whose records the handler has finished are committed, periodically, on
 partition revocation and at shutdown. A handler that raises is a bug: the consumer stops without
 committing past that record, so a restart redelivers it.
+
+Records the client cannot read: aiokafka decodes header names as UTF-8 while it parses a fetch
+and raises ``UnicodeDecodeError`` from ``getmany``, naming neither partition nor offset, and
+keeping nothing of that record. The consumer then reads each partition on its own, one record
+at a time, until the failing position; that offset is handed to the handler as an ``Envelope``
+whose ``fault`` says why, without key, value or headers (out of reach through aiokafka), and
+committed like any other once the handler has finished. Records after it in the same record
+batch cannot be parsed either, so each of them is handed on the same way.
+
+Fetch errors: a retriable ``KafkaError`` (or a failed CRC check, which aiokafka refetches) is
+logged and polled past with a growing delay; after ``FETCH_ERRORS_LIMIT`` seconds of them in a
+row, or on any other error (authorization, say), the consumer stops.
 """
 
 from __future__ import annotations
@@ -25,7 +37,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    IllegalStateError,
+    KafkaError,
+)
 
 from worker.envelope import Envelope
 from worker.logs import get_logger
@@ -87,6 +104,8 @@ class KeyOrderedConsumer:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._failure: BaseException | None = None
         self._stopping = asyncio.Event()
+        self._fetch_errors = _FetchErrors()
+        self._next: dict[TopicPartition, int] = {}  # past the last record handed on (or seek)
 
     def stop(self) -> None:
         """Ask ``run`` to stop fetching, drain and commit. Safe from a signal handler."""
@@ -112,14 +131,86 @@ class KeyOrderedConsumer:
 
     async def _fetch_until_stopped(self) -> None:
         while not self._stopping.is_set():
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for tp, records in batch.items():
-                for record in records:
-                    item = envelope(record)
+            for tp, items in (await self._fetch()).items():
+                for item in items:
                     if self._wait_until_due(tp, item):
                         break
                     if not await self._dispatch(item):
                         return
+
+    async def _fetch(self) -> dict[TopicPartition, list[Envelope]]:
+        """The next records by partition; none while the broker has a passing fault."""
+        try:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200)
+            except UnicodeDecodeError:
+                return await self._read_around_undecodable()
+        except KafkaError as exc:
+            if not _passing(exc):
+                raise
+            await self._fetch_errors.wait(exc)
+            return {}
+        self._fetch_errors.reset()
+        for tp, records in batch.items():
+            self._next[tp] = records[-1].offset + 1
+        return {tp: [envelope(r) for r in records] for tp, records in batch.items()}
+
+    async def _read_around_undecodable(self) -> dict[TopicPartition, list[Envelope]]:
+        """aiokafka raised on a record it cannot decode without saying whose it is, and what it
+        had read of the other partitions in that call is lost though their positions moved on:
+        rewind them, then read each partition on its own."""
+        await self._rewind()
+        paused = self._consumer.paused()
+        try:
+            read = {
+                tp: await self._read_past_undecodable(tp) for tp in self._marks if tp not in paused
+            }
+        except KafkaError:
+            await self._rewind()  # nothing read here was handed on
+            raise
+        for tp, items in read.items():
+            if items:
+                self._next[tp] = items[-1].offset + 1
+        return read
+
+    async def _read_past_undecodable(self, tp: TopicPartition) -> list[Envelope]:
+        """Up to one fetch's worth of ``tp``, one record per call so that the position stays on
+        the record aiokafka cannot decode; that one becomes a fault and the position passes it."""
+        read: list[Envelope] = []
+        while len(read) < _STEPS and tp in self._marks:
+            try:
+                got = await self._consumer.getmany(tp, timeout_ms=200, max_records=1)
+            except UnicodeDecodeError as exc:
+                read.append(await self._pass_undecodable(tp, exc))
+                continue
+            if not got:
+                break
+            read.extend(envelope(r) for r in got[tp])
+        return read
+
+    async def _rewind(self) -> None:
+        """Each partition back to the record after the last one handed on, or where fetching
+        began: the committed offset, else the beginning (``build_consumer``'s reset policy)."""
+        for tp in list(self._marks):
+            with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                offset = self._next.get(tp)
+                if offset is None:
+                    offset = await self._consumer.committed(tp)
+                if offset is None:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, offset)
+
+    async def _pass_undecodable(self, tp: TopicPartition, exc: UnicodeDecodeError) -> Envelope:
+        offset = await self._consumer.position(tp)
+        self._consumer.seek(tp, offset + 1)
+        # the client raises from inside the record batch and keeps nothing of the record it
+        # failed on: its key, value and headers (and its raw bytes) are out of reach
+        fault = f"the Kafka client could not read this record: {type(exc).__name__}: {exc}"
+        log.warning(
+            "record_undecodable", topic=tp.topic, partition=tp.partition, offset=offset, fault=fault
+        )
+        return Envelope(tp.topic, tp.partition, offset, key=None, value=None, fault=fault)
 
     def _wait_until_due(self, tp: TopicPartition, record: Envelope) -> bool:
         """True when ``record`` is not due yet: its partition now waits (paused, rewound)."""
@@ -128,10 +219,14 @@ class KeyOrderedConsumer:
         if delay <= 0 or tp not in self._marks:
             return False
         self._consumer.pause(tp)
-        self._consumer.seek(tp, record.offset)
+        self._seek(tp, record.offset)
         loop = asyncio.get_running_loop()
         self._resumes[tp] = loop.call_later(delay, self._resume, tp)
         return True
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(tp, offset)
+        self._next[tp] = offset
 
     def _resume(self, tp: TopicPartition) -> None:
         self._resumes.pop(tp, None)
@@ -238,11 +333,13 @@ class KeyOrderedConsumer:
         for tp in revoked:
             self._committed.pop(tp, None)
             self._tasks.pop(tp, None)
+            self._next.pop(tp, None)
         log.info("partitions_revoked", partitions=sorted(_names(revoked)))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self._marks[tp] = Watermark()  # fetching restarts at the committed offset
+            self._next.pop(tp, None)
         log.info("partitions_assigned", partitions=sorted(_names(assigned)))
 
 
@@ -257,6 +354,37 @@ def envelope(record: Record) -> Envelope:
         headers=tuple(record.headers),
         timestamp=record.timestamp / 1000 if record.timestamp >= 0 else None,
     )
+
+
+_STEPS = 500  # records of one partition read one at a time after a record failed to decode
+FETCH_ERRORS_LIMIT = 300.0  # seconds of passing fetch errors in a row before the worker stops
+
+
+def _passing(exc: KafkaError) -> bool:
+    """Worth polling again: aiokafka refetches after a failed CRC check, and marks the broker's
+    passing conditions retriable; authorization and the like are configuration."""
+    return bool(exc.retriable) or isinstance(exc, CorruptRecordException)
+
+
+class _FetchErrors:
+    """Passing fetch errors in a row: each waits a growing delay (0.1 s doubling to 5 s), and
+    once they have lasted ``FETCH_ERRORS_LIMIT`` the last one is raised."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._delay = 0.1
+
+    async def wait(self, exc: KafkaError) -> None:
+        now = time.monotonic()
+        self._since = self._since if self._since is not None else now
+        if now - self._since > FETCH_ERRORS_LIMIT:
+            raise exc
+        log.warning("fetch_failed", error=repr(exc), retry_in=self._delay)
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 5.0)
+
+    def reset(self) -> None:
+        self._since, self._delay = None, 0.1
 
 
 class _Slots:
