@@ -11,11 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from structlog.testing import capture_logs
 
 from tests.conftest import MakeTopic, Produce, _free_port, read_topic
 from tests.factories import event, record
 from tests.sinks import SmsSink, SmtpSink
+from tests.test_consumer_kafka import BAD_HEADERS, _python_batch
 from tests.test_pipeline_kafka import Env, deliver, events_named, wait_committed
 from worker.retry import RetryState
 
@@ -260,3 +262,72 @@ async def test_redis_stopped_mid_run_delays_the_records_and_loses_nothing(
     assert events_named(logs, "store_recovered")
     outcomes = [e for e in logs if e.get("outcome")]
     assert len(outcomes) == 11 and {e["outcome"] for e in outcomes} == {"notified"}
+
+
+async def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_passed(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    worker_env: Env,
+    run_worker: Any,
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+) -> None:
+    """A record the Kafka client cannot read (a header name that is not UTF-8) between two valid
+    events: it is dead-lettered as undecodable, both events are notified, and every offset is
+    committed, with the worker running throughout."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic)
+    first = event("e1", "order_confirmed", shipment_id="SHP-1")
+    second = event("e2", "order_confirmed", shipment_id="SHP-2")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        key, value = record(first)
+        await (await producer.send(topic, value, key=key, partition=0))
+        batch = _python_batch(producer)
+        batch.append(timestamp=None, key=b"SHP-3", value=b"{}", headers=BAD_HEADERS)
+        await (await producer.send_batch(batch, topic, partition=0))
+        key, value = record(second)
+        await (await producer.send(topic, value, key=key, partition=0))
+    finally:
+        await producer.stop()
+    async with run_worker(env):
+        await wait_committed(kafka_bootstrap, env, {0: 3})
+        (letter,) = await read_topic(kafka_bootstrap, f"{topic}.dlq", 1)
+    assert sorted(m.message["Message-ID"] for m in smtp_sink.messages) == sorted(
+        {m.message["Message-ID"] for m in smtp_sink.messages}
+    )
+    assert len(smtp_sink.messages) == 2
+    assert _header(letter, "error.type") == b"undecodable"
+    assert _header(letter, "original.offset") == b"1"
+    assert b"UnicodeDecodeError" in (_header(letter, "error.message") or b"")
+
+
+async def test_a_record_without_key_and_value_is_dead_lettered(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Env,
+    run_worker: Any,
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+) -> None:
+    """A keyless tombstone (no key, no value: Kafka refuses to publish such a record again)
+    is dead-lettered with an empty value, and the event behind it is notified."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        batch = _python_batch(producer)  # aiokafka's send refuses a record without both
+        batch.append(timestamp=None, key=None, value=None)
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+    await produce(topic, [record(event("e1", "order_confirmed"))])
+    async with run_worker(env):
+        await wait_committed(kafka_bootstrap, env, {0: 2})
+        (letter,) = await read_topic(kafka_bootstrap, f"{topic}.dlq", 1)
+    assert len(smtp_sink.messages) == 1
+    assert (letter.key, letter.value) == (None, b"")
+    assert _header(letter, "error.type") == b"schema"

@@ -90,12 +90,13 @@ class SideTopics:
         )
 
     async def _send(self, topic: str, envelope: Envelope, fields: list[tuple[str, bytes]]) -> None:
+        # Kafka takes no record without both key and value (a keyless tombstone, or a record
+        # the client could not read): such a record goes on with an empty value
+        value = b"" if envelope.value is None and envelope.key is None else envelope.value
         delay = 0.5
         while True:
             try:
-                await self._producer.send_and_wait(
-                    topic, envelope.value, key=envelope.key, headers=fields
-                )
+                await self._producer.send_and_wait(topic, value, key=envelope.key, headers=fields)
                 return
             except KafkaError as exc:
                 log.warning(
