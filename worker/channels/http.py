@@ -20,7 +20,7 @@ What it does, and no more:
   a context is given);
 - a response framed by ``Content-Length``, by chunked transfer coding, or by the server
   closing the connection; interim 1xx responses are skipped; a body over
-  ``MAX_RESPONSE_BYTES`` is refused;
+  ``MAX_RESPONSE_BYTES`` is refused, and so is a response over the limits below;
 - a connection is reused unless the response said ``Connection: close`` (or was HTTP/1.0
   without keep-alive), more bytes followed the response, a request on it failed or was
   cancelled, or the server closed it while it sat idle;
@@ -31,6 +31,20 @@ Every failure to get a complete response raises ``HttpError``; the request may o
 reached the server, so the caller treats it as transient (the SMS senders send an
 ``Idempotency-Key``). A URL or header the client cannot send raises ``ValueError`` before
 anything is sent.
+
+Limits on what a server may send, each refused as it is passed (an ``HttpError``, the
+connection closed), so neither memory nor the time the loop spends in the parser grows with
+what a hostile or broken provider streams. httptools keeps a header's name and value until the
+header ends, so the client stops feeding it at the limit rather than checking afterwards:
+- ``MAX_HEAD_BYTES``: everything before the final response's body (its status line and
+  headers, and any interim responses before it). h11 (httpx's parser) caps an incomplete event,
+  a head among them, at the same 16 KiB, and so does Node.js's default for a head;
+- ``MAX_HEADER_LINE``: one header line, aiohttp's limit for a line and for a field;
+- ``MAX_HEADERS``: headers in one response (trailers count too), the standard library's
+  ``http.client`` limit;
+- ``MAX_INTERIM``: interim 1xx responses before the final one, Go's ``net/http`` bound;
+- after the head, the chunk framing and trailers together may take ``MAX_HEAD_BYTES`` beyond
+  the body itself: trailers are headers, kept by the parser as they arrive.
 """
 
 from __future__ import annotations
@@ -46,6 +60,10 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_RESPONSE_BYTES = 1 << 20
+MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 100
+MAX_INTERIM = 5
 USER_AGENT = "shipment-notifier"
 
 
@@ -212,11 +230,17 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self._keep_alive = False
         self._kept_alive = False  # the last exchange completed and allowed keep-alive
+        self._head_room = MAX_HEAD_BYTES  # what the rest of the head may take
+        self._overhead = 0  # bytes after the head that were not body: framing, trailers
+        self._headers = 0
+        self._interim = 0
 
     async def exchange(self, request: bytes) -> Response:
         """Write ``request``; the complete response, within the read timeout."""
         assert self._transport is not None and self._waiter is None
         self._kept_alive = False  # until a complete response says otherwise
+        # a kept-alive connection's last response left these set: this one starts at its head
+        self._headers_done, self._head_room, self._interim = False, MAX_HEAD_BYTES, 0
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
@@ -249,11 +273,36 @@ class _Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: what follows on it cannot be trusted
             return
         try:
-            self._parser.feed_data(data)
+            if self._headers_done:
+                self._feed_body(data)
+            else:
+                self._feed_head(data)
         except httptools.HttpParserUpgrade:  # not a subclass of HttpParserError
             self._fail(HttpError("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(HttpError(f"malformed HTTP response: {exc}"))
+
+    def _feed_head(self, data: bytes) -> None:
+        """Feed the head no further than ``MAX_HEAD_BYTES``: the parser keeps a header until it
+        ends, so an endless one is refused at the limit instead of buffered."""
+        room = self._head_room
+        self._parser.feed_data(memoryview(data)[:room])
+        if self._headers_done:  # the final response's head ended within ``room``
+            self._overhead = 0
+            if len(data) > room:
+                self._feed_body(memoryview(data)[room:])
+        elif len(data) >= room:
+            self._fail(HttpError(f"response head over {MAX_HEAD_BYTES} bytes"))
+        else:
+            self._head_room = room - len(data)
+
+    def _feed_body(self, data: bytes | memoryview) -> None:
+        """Feed what follows the head; its framing and trailers may take ``MAX_HEAD_BYTES``
+        beyond the body (``on_body`` takes the body's bytes back off ``_overhead``)."""
+        self._overhead += len(data)
+        self._parser.feed_data(data)
+        if self._overhead > MAX_HEAD_BYTES:
+            self._fail(HttpError(f"chunk framing or trailers over {MAX_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._kept_alive = False
@@ -271,10 +320,16 @@ class _Connection(asyncio.Protocol):
             # a second response in the same read: the stream is out of step with requests
             self.close()
         self._status, self._framed, self._headers_done = 0, False, False
+        self._headers = 0
         self._body.clear()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        self._headers += 1
+        if self._headers > MAX_HEADERS:
+            self._fail(HttpError(f"response with over {MAX_HEADERS} headers"))
+        elif len(name) + len(value) + 2 > MAX_HEADER_LINE:  # as written: "name: value"
+            self._fail(HttpError(f"response header line over {MAX_HEADER_LINE} bytes"))
+        elif name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
     def on_headers_complete(self) -> None:
@@ -284,6 +339,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body += body
+        self._overhead -= len(body)
         if len(self._body) > MAX_RESPONSE_BYTES:
             self._fail(HttpError(f"response body over {MAX_RESPONSE_BYTES} bytes"))
 
@@ -292,6 +348,9 @@ class _Connection(asyncio.Protocol):
             self._complete()
         else:  # a 1xx is interim: the real response follows
             self._headers_done = False
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                self._fail(HttpError(f"over {MAX_INTERIM} interim responses"))
 
     def _complete(self) -> None:
         if self._waiter is not None and not self._waiter.done():
