@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from urllib.parse import urlencode
 
 from worker.channels import (
@@ -22,6 +23,12 @@ from worker.channels import (
     idempotency_key,
 )
 from worker.channels.http import HttpClient, HttpError, parse_url
+
+# a provider's error object is a few hundred bytes: a larger refusal is not parsed for its code
+MAX_PARSED_BODY = 16 * 1024
+# a code as providers give them (Twilio's 21211, a gateway's "invalid_number"): short, and with
+# too few digits to be a phone number, since the text goes to logs and dead letters
+_CODE = re.compile(r"[0-9]{1,6}|[A-Za-z][A-Za-z_.-]{0,31}[0-9]{0,6}")
 
 
 def http_client(timeout: float, pool_size: int = 100) -> HttpClient:
@@ -101,11 +108,17 @@ class WebhookSender(_HttpSender):
 
 
 def _provider_code(body: bytes) -> str:
-    """Twilio's numeric error code, when the body has one (its message may quote the number,
-    so it is left out)."""
+    """The provider's error code, when the body is a small JSON object with one (its message
+    may quote the number, so it is left out). Nothing in the body raises: it only decides
+    whether the text names a code."""
+    if len(body) > MAX_PARSED_BODY:
+        return ""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return ""
     code = parsed.get("code") if isinstance(parsed, dict) else None
-    return f" (provider code {code})" if isinstance(code, int | str) else ""
+    if type(code) is int or type(code) is str:  # not True, whose type is a subclass of int
+        text = str(code)
+        return f" (provider code {text})" if _CODE.fullmatch(text) else ""
+    return ""
