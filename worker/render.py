@@ -8,6 +8,14 @@ Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale. ``layouts/visibility
 (which optional facts a status shows) runs once per email and reaches both email bodies as
 ``show``.
 
+SMS length: every SMS is at most ``sms_max_length`` UTF-16 code units (what SMS segments
+count: an emoji is two), ``SMS_MAX_LENGTH`` unless a caller passes a smaller bound, e.g. a
+segment budget. When a render passes it, the event's fields give way in ``_GIVE_WAY``'s order
+(free text first, identifiers last), each shortened with an ellipsis to what the bound leaves
+it, or left out when part of it is useless (a link, an address); the templates' own words
+stay. Only when that is not enough is the text itself cut. Nothing is cut inside a character
+as people see it, and an SMS within the bound costs one comparison more.
+
 Cost: a render is Jinja's generated code; around it, what ``Template.render`` and
 ``extends`` redo at every render is done once (see ``Renderer._prepared``): a template and
 its chain of parents are resolved once per name, and their blocks stacked once, so a render
@@ -19,6 +27,7 @@ of ``model_dump``, shared as is) and a cheaper ``_tidy`` this took an email from
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -48,6 +57,26 @@ VISIBILITY = "layouts/visibility.jinja"
 # of that channel, after the other tasks ready by then: with 512 records in flight, 256 contexts
 # (about 1 MB) cover nearly every email+SMS event.
 RECENT_CONTEXTS = 256
+# Twilio refuses a longer SMS
+SMS_PROVIDER_MAX = 1600
+# Ten UCS-2 segments of 67 (every Vietnamese and Korean SMS is UCS-2): far past what the
+# templates write with ordinary fields (two or three segments), a cost a shop can accept for an
+# unusual event, and well inside what the provider takes. A segment budget passes less.
+SMS_MAX_LENGTH = 10 * 67
+# the fields that give way, in order: (context section, key), and which are left out rather
+# than shortened, since part of a link or an address is no use
+_GIVE_WAY = (
+    ("shipment", "detail"),
+    ("shipment", "location"),
+    ("shipment", "carrier"),
+    ("shop", "name"),
+    ("shipment", "tracking_number"),
+    ("shipment", "tracking_url"),
+    ("shop", "support_email"),
+    ("shipment", "order_id"),
+)
+_LEFT_OUT = frozenset({"tracking_url", "support_email"})
+_MIN_KEPT = 16  # what a shortened field keeps at least, in code units before its ellipsis
 
 
 class RenderError(Exception):
@@ -147,7 +176,17 @@ def _parse(env: Environment, name: str, filename: str | None) -> nodes.Template:
 
 
 class Renderer:
-    def __init__(self, templates_dir: Path, default_locale: str, default_shop: Shop) -> None:
+    def __init__(
+        self,
+        templates_dir: Path,
+        default_locale: str,
+        default_shop: Shop,
+        *,
+        sms_max_length: int = SMS_MAX_LENGTH,
+    ) -> None:
+        if not 3 <= sms_max_length <= SMS_PROVIDER_MAX:  # 3: room for an ellipsis
+            raise ValueError(f"sms_max_length must be 3 to {SMS_PROVIDER_MAX}: {sms_max_length}")
+        self.sms_max_length = sms_max_length
         self._env = _Environment(
             loader=FileSystemLoader(templates_dir),
             undefined=StrictUndefined,
@@ -204,7 +243,38 @@ class Renderer:
 
     def sms(self, event: Event) -> RenderedSms:
         locale, context = self._context(event)
-        return RenderedSms(_tidy(self._render(f"{locale}/sms/{event.status}.txt", context)))
+        name = f"{locale}/sms/{event.status}.txt"
+        text = _tidy(self._render(name, context))
+        limit = self.sms_max_length
+        if len(text) * 2 > limit and sms_length(text) > limit:  # a code point is 1 or 2 units
+            text = self._shortened_sms(name, context, text)
+        return RenderedSms(text)
+
+    def _shortened_sms(self, name: str, context: dict[str, Any], text: str) -> str:
+        """``text`` within the bound: the fields give way in turn, in copies of the context
+        (the event's other channel shares it), until the render fits. Leaving a field out
+        makes room for those shortened before it: they start again from their whole values."""
+        limit, ellipsis = self.sms_max_length, _ellipsis(text)
+        whole = shortened = context
+        position = 0
+        while position < len(_GIVE_WAY) and sms_length(text) > limit:
+            section, key = _GIVE_WAY[position]
+            position += 1
+            value = shortened[section][key]
+            if not value:
+                continue
+            if key in _LEFT_OUT:
+                whole = shortened = _replaced(whole, section, key, None)
+                position = 0
+            else:
+                short = _shortened(value, sms_length(text) - limit, ellipsis)
+                if short == value:
+                    continue
+                shortened = _replaced(shortened, section, key, short)
+            text = _tidy(self._render(name, shortened))
+        if sms_length(text) <= limit:
+            return text
+        return _cut(text, limit - len(ellipsis)).rstrip() + ellipsis
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
         try:
@@ -347,3 +417,87 @@ def _tidy(text: str) -> str:
     while "\n\n\n" in tidy:
         tidy = tidy.replace("\n\n\n", "\n\n")
     return tidy
+
+
+def sms_length(text: str) -> int:
+    """How long ``text`` is as SMS count it: UTF-16 code units."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+# GSM 03.38's alphabet and its extension table: an SMS of these only is 7-bit (160 a segment)
+_GSM7 = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà\f^{}\\[~]|€"
+)
+
+
+def _replaced(context: dict[str, Any], section: str, key: str, value: str | None) -> dict[str, Any]:
+    return {**context, section: {**context[section], key: value}}
+
+
+def _ellipsis(text: str) -> str:
+    """ "…" is not in the GSM alphabet: in a 7-bit SMS it would make the whole text UCS-2."""
+    return "..." if _GSM7.issuperset(text) else "…"
+
+
+def _shortened(value: str, over: int, ellipsis: str) -> str:
+    """``value`` shorter by at least ``over`` units if it can keep ``_MIN_KEPT``, ending at a
+    word's end when one is near, then the ellipsis."""
+    keep = max(_MIN_KEPT, sms_length(value) - over - len(ellipsis))
+    if keep + len(ellipsis) >= sms_length(value):
+        return value
+    kept = _cut(value, keep)
+    if len(kept) < len(value) and not value[len(kept)].isspace():
+        space = kept.rfind(" ", max(0, len(kept) - _MIN_KEPT))
+        kept = kept[:space] if space > 0 else kept
+    return kept.rstrip() + ellipsis
+
+
+def _cut(text: str, units: int) -> str:
+    """The longest start of ``text`` within ``units`` UTF-16 code units that does not end
+    inside a character as people see it (a grapheme cluster)."""
+    end = _within(text, units)
+    while 0 < end < len(text) and _inside_cluster(text, end):
+        end -= 1
+    return text[:end]
+
+
+def _within(text: str, units: int) -> int:
+    """How many code points of ``text`` fit in ``units`` UTF-16 code units."""
+    if units <= 0:
+        return 0
+    if sms_length(text) == len(text):  # nothing outside the BMP: a code point is a unit
+        return min(units, len(text))
+    count = 0
+    for index, char in enumerate(text):
+        count += 2 if char > "\uffff" else 1
+        if count > units:
+            return index
+    return len(text)
+
+
+def _inside_cluster(text: str, at: int) -> bool:
+    """Whether ``text[at - 1]`` and ``text[at]`` belong to one grapheme cluster: a combining
+    mark or variation selector, a joiner, a skin tone, emoji tags, Hangul jamo that continue
+    a syllable, a flag's second letter, or a surrogate pair's second half."""
+    before, after = text[at - 1], text[at]
+    if unicodedata.category(after) in ("Mn", "Mc", "Me") or "\u200d" in (before, after):
+        return True
+    if "\U0001f3fb" <= after <= "\U0001f3ff" or "\U000e0020" <= after <= "\U000e007f":
+        return True
+    if "\u1160" <= after <= "\u11ff" or "\ud7b0" <= after <= "\ud7ff":
+        return True
+    if "\ud800" <= before <= "\udbff":
+        return True
+    return _flag_letter(before) and _flag_letter(after) and _flag_letters_before(text, at) % 2 == 1
+
+
+def _flag_letter(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
+
+
+def _flag_letters_before(text: str, at: int) -> int:
+    count = 0
+    while at - count > 0 and _flag_letter(text[at - count - 1]):
+        count += 1
+    return count
