@@ -39,7 +39,13 @@ Produce = Callable[..., Awaitable[None]]
 
 # modules whose tests run on each event loop the worker offers (EVENT_LOOP), as their code
 # drives transports directly: uvloop's are not asyncio's
-BOTH_LOOPS = ("tests.test_smtp_exchange", "tests.test_smtp_channel", "tests.test_http_client")
+BOTH_LOOPS = (
+    "tests.test_smtp_exchange",
+    "tests.test_smtp_channel",
+    "tests.test_http_client",
+    "tests.test_http_hostile",
+    "tests.test_http_hostile_sms",
+)
 
 
 def pytest_asyncio_loop_factories(
