@@ -3,17 +3,16 @@ and the maskers that keep personal data out of both."""
 
 from __future__ import annotations
 
-import codecs
 import functools
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 import structlog
@@ -25,41 +24,21 @@ EventDict = structlog.typing.EventDict
 
 
 class _NamedWriter(structlog.WriteLogger):
-    """structlog's plain writer plus the ``name`` that ``add_logger_name`` reads."""
+    """structlog's plain writer plus the ``name`` that ``add_logger_name`` reads. It writes
+    to the stderr of the moment the logger is made, so a stderr swapped later (as
+    ``redirect_stderr`` does) gets the lines of loggers made while it is in place."""
 
     def __init__(self, name: str) -> None:
         super().__init__(sys.stderr)
         self.name = name
 
 
-class _JsonLineWriter:
-    """The JSON lines' writer: ``json_line``'s UTF-8 bytes straight into stderr's buffer, one
-    flush a line, as the text stream would write them, without decoding and encoding them
-    again. Text someone left in the stream without a newline goes first, so nothing is
-    reordered. A stderr swapped for one without a buffer (``redirect_stderr``) gets text."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._stream = sys.stderr
-        self._buffer: BinaryIO | None = getattr(self._stream, "buffer", None)
-
-    def msg(self, line: bytes) -> None:
-        if self._buffer is None:
-            self._stream.write(line.decode() + "\n")
-            self._stream.flush()
-            return
-        self._stream.flush()  # no system call when it holds nothing
-        self._buffer.write(line + b"\n")
-        self._buffer.flush()
-
-    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
-
-
 def configure(settings: LogSettings) -> None:
-    """One line format on stderr at ``settings.level``. The worker's own events are rendered
-    by structlog and written straight to stderr (through the stdlib ``logging`` machinery each
-    line cost 42 us instead of 18, several lines per notification); the standard library's
-    records (aiokafka, aiosmtplib) go through a ``logging`` handler with the same renderer."""
+    """One line format on stderr at ``settings.level``, through one chain of processors. The
+    worker's own events are rendered by structlog and written straight to stderr, not through
+    the stdlib ``logging`` machinery, which costs several times as much a line; the standard
+    library's records (aiokafka, aiosmtplib) go through a ``logging`` handler with the same
+    renderer. stderr's text stream does the encoding, whatever it is."""
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json_text)
         if settings.format is LogFormat.JSON
@@ -71,18 +50,9 @@ def configure(settings: LogSettings) -> None:
         structlog.stdlib.add_logger_name,
         add_timestamp,
     ]
-    # JSON (the default, 2-3 lines a notification) takes the one-step path when stderr is
-    # UTF-8 text over a byte buffer, as in a container: the same line, as bytes
-    fused = settings.format is LogFormat.JSON and _utf8_over_bytes(sys.stderr)
     structlog.configure(
-        processors=(
-            [json_line]
-            if fused
-            else [*shared, structlog.processors.format_exc_info, redact_contacts, renderer]
-        ),
-        logger_factory=lambda *args: (_JsonLineWriter if fused else _NamedWriter)(
-            args[0] if args else ""
-        ),
+        processors=[*shared, structlog.processors.format_exc_info, redact_contacts, renderer],
+        logger_factory=lambda *args: _NamedWriter(args[0] if args else ""),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[settings.level]
         ),
@@ -107,62 +77,23 @@ def configure(settings: LogSettings) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
-def _utf8_over_bytes(stream: Any) -> bool:
-    encoding: str | None = getattr(stream, "encoding", None)
-    if not encoding or not hasattr(stream, "buffer"):
-        return False
-    return codecs.lookup(encoding).name == "utf-8"
-
-
-def json_line(logger: Any, method: str, event: EventDict) -> bytes:
-    """The whole chain for a JSON line in one structlog processor: the record context, the
-    level, the logger's name, the timestamp and the formatted exception, contacts masked, as
-    one line of JSON in UTF-8 for ``_JsonLineWriter``. A line through the chain of
-    ``configure``'s other path (seven processors, each called by structlog, and a text
-    stream) took about 2 us more: 9.0 against 7.2 us in alternated pairs. A lone surrogate
-    (an SMTP reply decoded with ``surrogateescape``) comes out as ``_json_bytes`` says."""
-    merge_context(logger, method, event)
-    structlog.stdlib.add_log_level(logger, method, event)
-    event["logger"] = logger.name
-    add_timestamp(logger, method, event)
-    if "exc_info" in event:
-        structlog.processors.format_exc_info(logger, method, event)
-    redact_contacts(logger, method, event)
-    return _json_bytes(event, _unknown)
-
-
-def _unknown(value: Any) -> Any:
-    """A value JSON has no type for: its ``__structlog__()`` if it has one, as structlog's
-    renderer does, else its repr."""
-    try:
-        return value.__structlog__()
-    except AttributeError:
-        return repr(value)
-
-
-def _json_bytes(event: EventDict, default: Callable[[Any], Any]) -> bytes:
-    """One event as compact JSON in UTF-8, non-ASCII as it is: orjson, 6 us a line less than
-    the ``json`` module at 2-3 lines a notification. What orjson refuses (a dict key that is
-    not a string, an int beyond 64 bits, a lone surrogate) goes through ``json`` instead of
-    failing the call; text UTF-8 cannot carry is written as a backslash escape, as stderr's
-    text stream does."""
-    try:
-        return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        text = json.dumps(event, default=default, ensure_ascii=False)
-        return text.encode("utf-8", "backslashreplace")
-
-
 def _json_text(event: EventDict, **options: Any) -> str:
-    """``_json_bytes`` as text: the serializer of the chain's ``JSONRenderer``, which passes
-    structlog's fallback for values JSON has no type for."""
-    return _json_bytes(event, options.get("default", repr)).decode()
+    """The serializer of ``JSONRenderer``: one event as compact JSON, non-ASCII as it is, with
+    structlog's ``default`` for values JSON has no type for. orjson is the fast path; what it
+    refuses (a dict key that is not a string, an int beyond 64 bits, a lone surrogate from an
+    SMTP reply decoded with ``surrogateescape``) goes through ``json`` instead of failing the
+    line. What the stream's encoding cannot carry it escapes itself, as stderr does."""
+    default = options["default"]
+    try:
+        return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(event, default=default, ensure_ascii=False)
 
 
 def add_timestamp(logger: Any, method: str, event: EventDict) -> EventDict:
     """A structlog processor: ``timestamp``, UTC to the microsecond, like
     ``2026-11-21T08:15:00.123456Z``. structlog's ``TimeStamper`` builds a datetime for every
-    line (2 us); this formats the date and time of day once a second (0.6 us)."""
+    line; this formats the date and time of day once a second."""
     now = time.time()
     second = int(now)
     event["timestamp"] = f"{_utc_second(second)}.{int((now - second) * 1e6):06d}Z"
@@ -176,7 +107,7 @@ def _utc_second(second: int) -> str:
 
 # The record being handled, for every line logged while handling it: one variable holding one
 # dict, where structlog's contextvars keep a variable per key and scan the whole context for
-# them on every line (bind, clear and merge were 4% of the worker's loop time).
+# them on every line (bind, clear and merge showed up in the worker's loop profile).
 _CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar(
     "worker_log_context", default=MappingProxyType({})
 )
@@ -215,9 +146,24 @@ def redact_contacts(logger: Any, method: str, event: EventDict) -> EventDict:
     (an SMTP server's reply often quotes the recipient) are masked before rendering."""
     for key, value in event.items():
         if isinstance(value, str) and type(value) is not Masked and ("@" in value or "+" in value):
-            value = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), value)
-            event[key] = _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), value)
+            event[key] = _mask_contacts(value)
     return event
+
+
+def _mask_contacts(text: str) -> str:
+    text = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
+    return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), text)
+
+
+def terminal_text(text: str, limit: int = 200) -> str:
+    """Text from outside (a server's reply, a header) made safe to print as part of one
+    terminal line: every character that is not printable (controls, so escape sequences
+    lose their ESC; line breaks; bidi overrides and other invisible formatting; lone
+    surrogates) becomes U+FFFD, contacts are masked as in the logs, and at most ``limit``
+    characters are kept, the last an ellipsis when some were cut. The whole text is masked
+    before it is cut, so an address across the cut is not left half unmasked."""
+    shown = _mask_contacts("".join(c if c.isprintable() else "\ufffd" for c in text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "\u2026"
 
 
 class Masked(str):
