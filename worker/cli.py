@@ -186,8 +186,10 @@ def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
         f"{topic}: {summary.total} dead letters, {summary.first:%Y-%m-%d %H:%M:%S} to "
         f"{summary.last:%Y-%m-%d %H:%M:%S} UTC"
     )
+    # both come from headers a relay's reply or a producer filled: shown masked and inert
     for reason, count in summary.by_reason.most_common():
-        print(f"{count:8d}  {reason:32s}  e.g. {summary.examples[reason]}")
+        shown = logs.terminal_text(reason, limit=64)
+        print(f"{count:8d}  {shown:32s}  e.g. {logs.terminal_text(summary.examples[reason])}")
     return 0
 
 
