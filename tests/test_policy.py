@@ -14,8 +14,15 @@ from hypothesis import strategies as st
 
 from tests.factories import event
 from worker.events import Event
-from worker.policy import Delivery, Plan, Skip, normalize_phone, plan, usable_email
-from worker.settings import DEFAULT_POLICY
+from worker.policy import (
+    DEFAULT_POLICY,
+    Delivery,
+    Plan,
+    Skip,
+    normalize_phone,
+    plan,
+    usable_email,
+)
 
 BOTH = frozenset({"email", "sms"})
 EMAIL = Delivery("email", "an@example.com")

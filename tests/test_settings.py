@@ -11,10 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import AliasChoices
 
+from worker.addresses import http_url, plain_mailbox
+from worker.channels import mime
+from worker.channels.http import parse_url
+from worker.policy import DEFAULT_POLICY
 from worker.settings import (
-    DEFAULT_POLICY,
     AppSettings,
     ConfigError,
     DedupSettings,
@@ -209,12 +214,17 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("SMS_API_URL", "https://user:pw@api.twilio.com"),
         ("SMS_WEBHOOK_URL", "https://sms.example:99999/send"),
         ("SMS_WEBHOOK_URL", "https://sms.example/send now"),
+        ("SMS_WEBHOOK_URL", "ftp://sms.example/send"),
+        ("SMS_WEBHOOK_URL", "https:///send"),
+        ("SMS_WEBHOOK_URL", "https://sms.example/send?to=\u00fc"),
+        ("SMS_API_URL", "https://b\u00fccher.example/sms"),
         ("MAX_IN_FLIGHT", "many"),
         ("EMAIL_FROM", "nobody"),
         ("EMAIL_FROM", "Shop <a@shop.example>\nBcc: all@example.com"),
         ("EMAIL_FROM", "Shop <bestellung@shöp.example>"),
         ("EMAIL_REPLY_TO", "info@shöp.example"),
         ("EMAIL_FROM", 'Shop <"a b"@shop.example>'),
+        ("EMAIL_REPLY_TO", "Shop <no-reply@shop.example\x1b>"),
         ("DEDUP_URL", "postgres://db/notify"),
         ("EVENT_LOOP", "trio"),
     ],
@@ -329,3 +339,90 @@ def test_cli_reports_bad_configuration_without_a_traceback() -> None:
     assert lines[0].startswith("configuration error: SMTP_PORT: ")
     assert lines[0].endswith("(got 'abc')")
     assert result.stdout == ""
+
+
+SETTINGS_WITHOUT_ADAPTERS_SCRIPT = """
+import sys
+from worker.settings import load_settings
+
+settings = load_settings()
+assert settings.sms.webhook_url == "https://sms.example/send"
+assert settings.email.reply_to == "help@shop.example"
+print(sorted(name for name in sys.modules if name.startswith("worker.channels")))
+"""
+
+
+def test_settings_validate_addresses_without_the_channel_adapters() -> None:
+    """Loading and validating every setting, sender addresses and SMS URLs included, imports
+    none of the channel adapters: the rules are the domain's, in worker.addresses."""
+    result = subprocess.run(
+        [sys.executable, "-c", SETTINGS_WITHOUT_ADAPTERS_SCRIPT],
+        cwd=ROOT,
+        env={
+            **clean_environ(),
+            "EMAIL_FROM": "Shop <no-reply@shop.example>",
+            "EMAIL_REPLY_TO": "help@shop.example",
+            "SMS_PROVIDER": "webhook",
+            "SMS_WEBHOOK_URL": "https://sms.example/send/",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "[]\n"
+
+
+URLS = [
+    "https://api.twilio.com",
+    "http://127.0.0.1:8080/sms?x=1&y=%C3%BC",
+    "https://sms.example:443/send/",
+    "https://[::1]:9/a",
+    "https://sms.example:99999/send",
+    "https://sms.example:port/send",
+    "https://user:pw@sms.example/",
+    "https://user@sms.example/",
+    "https://sms.example/send now",
+    "https://sms.example/s\u00fc",
+    "https://sms.example/s\x7f",
+    "https://b\u00fccher.example/",
+    "ftp://sms.example/",
+    "https:///send",
+    "sms.example/send",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_http_url_holds_an_sms_url_to_the_http_clients_rules(url: str) -> None:
+    """``addresses.http_url`` accepts exactly the URLs the HTTP client can send to, and
+    finds the same host, port, Host header and request target in them."""
+    try:
+        target = parse_url.__wrapped__(url)
+    except ValueError:
+        with pytest.raises(ValueError):
+            http_url(url)
+        return
+    pieces = http_url(url)
+    assert (pieces.https, pieces.host, pieces.port) == (
+        target.origin.tls,
+        target.origin.host,
+        target.origin.port,
+    )
+    assert target.head.startswith(
+        f"POST {pieces.target} HTTP/1.1\r\nHost: {pieces.authority}\r\n".encode()
+    )
+
+
+@given(st.text(alphabet=st.sampled_from('ab.@<>,;" \r\n\x00\x7f\u00fc-+'), max_size=12))
+def test_plain_mailbox_holds_an_address_to_the_mail_builders_rules(address: str) -> None:
+    """``addresses.plain_mailbox`` accepts exactly the addresses the mail builder writes as
+    they are, and returns them unchanged."""
+    try:
+        builders = mime.plain_mailbox(address)
+    except ValueError:
+        with pytest.raises(ValueError):
+            plain_mailbox(address)
+        return
+    assert plain_mailbox(address) == builders == address

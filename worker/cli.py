@@ -18,15 +18,9 @@ from pydantic import ValidationError
 from worker import app, dlq, logs, preview
 from worker.consumer import ConsumerFailed
 from worker.events import Event
+from worker.policy import CHANNELS, STATUSES
 from worker.render import RenderError
-from worker.settings import (
-    CHANNELS,
-    STATUSES,
-    ConfigError,
-    EventLoop,
-    Settings,
-    load_settings,
-)
+from worker.settings import ConfigError, EventLoop, Settings, load_settings
 
 log = logs.get_logger(__name__)
 

@@ -1,19 +1,48 @@
-"""Which channels an event gets, and where each one goes. Pure: no I/O.
+"""Which channels an event gets, and where each one goes.
 
-A channel is planned when the status policy names it, the worker has it configured, the
-customer did not leave it out of ``customer.channels``, and the customer has a usable contact
-for it (a plausible email address; a phone number that normalises to E.164).
+The status policy says which channels each status gets: ``DEFAULT_POLICY``, or the default
+with the statuses ``NOTIFY_POLICY`` lists replaced (``parse_policy``, at start-up; the one
+place here that reads a file). ``plan`` is pure: a channel is planned when the status policy
+names it, the worker has it configured, the customer did not leave it out of
+``customer.channels``, and the customer has a usable contact for it (a plausible email
+address; a phone number that normalises to E.164).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import get_args
 
 import phonenumbers
 
-from worker.events import Event
+from worker.events import Channel, Event, Status
+
+CHANNELS: tuple[str, ...] = get_args(Channel)
+STATUSES: tuple[str, ...] = get_args(Status)
+SMS_STATUSES = (
+    "shipped",
+    "out_for_delivery",
+    "delivered",
+    "delayed",
+    "delivery_failed",
+    "available_for_pickup",
+    "exception",
+)
+DEFAULT_POLICY: dict[str, tuple[str, ...]] = {
+    status: tuple(
+        channel
+        for channel, wanted in (
+            ("email", status not in ("processing", "in_transit")),
+            ("sms", status in SMS_STATUSES),
+        )
+        if wanted
+    )
+    for status in STATUSES
+}
 
 # RFC 5322's dot-atom on both sides: printable ASCII "atext" runs joined by single dots, at
 # most 64 octets before the "@", and a domain of hostname labels with at least one dot. That
@@ -24,6 +53,35 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _EMAIL = re.compile(rf"(?=[^@]{{1,64}}@){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+\Z")
 # a number written without a country code is read in the country of the customer's language
 _LANGUAGE_REGION = {"vi": "VN", "ko": "KR", "de": "DE", "en": "US"}
+
+
+def parse_policy(raw: str) -> dict[str, tuple[str, ...]]:
+    """NOTIFY_POLICY: empty (defaults), inline JSON, or a path to a JSON file; listed statuses
+    override the default, the others keep it. ValueError says what is wrong with it."""
+    if not raw.strip():
+        return dict(DEFAULT_POLICY)
+    text = raw if raw.lstrip().startswith(("{", "[")) else _read_policy_file(raw)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"NOTIFY_POLICY is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError('NOTIFY_POLICY must be an object like {"shipped": ["email", "sms"]}')
+    policy = dict(DEFAULT_POLICY)
+    for status, channels in data.items():
+        if status not in STATUSES:
+            raise ValueError(f"NOTIFY_POLICY names unknown status {status!r}")
+        if not isinstance(channels, list) or not set(channels) <= set(CHANNELS):
+            raise ValueError(f"NOTIFY_POLICY[{status!r}] must be a list of 'email'/'sms'")
+        policy[status] = tuple(c for c in CHANNELS if c in channels)
+    return policy
+
+
+def _read_policy_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"NOTIFY_POLICY file {path!r} cannot be read: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True, slots=True)

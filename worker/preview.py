@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.events import Event
+from worker.policy import CHANNELS, STATUSES
 from worker.render import Renderer, RenderError
-from worker.settings import CHANNELS, STATUSES
 
 _FULL: dict[str, Any] = {
     "event_id": "evt-preview",

@@ -8,13 +8,14 @@ wrong with it, so start-up can stop with a message instead of a traceback.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import sys
+from email.headerregistry import Address
+from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -25,30 +26,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.events import Channel, Status
+from worker.addresses import http_url, plain_mailbox
 
-CHANNELS: tuple[str, ...] = get_args(Channel)
-STATUSES: tuple[str, ...] = get_args(Status)
-SMS_STATUSES = (
-    "shipped",
-    "out_for_delivery",
-    "delivered",
-    "delayed",
-    "delivery_failed",
-    "available_for_pickup",
-    "exception",
-)
-DEFAULT_POLICY: dict[str, tuple[str, ...]] = {
-    status: tuple(
-        channel
-        for channel, wanted in (
-            ("email", status not in ("processing", "in_transit")),
-            ("sms", status in SMS_STATUSES),
-        )
-        if wanted
-    )
-    for status in STATUSES
-}
+# DEFAULT_POLICY and STATUSES are re-exported for the tests and benchmarks that still import
+# them from here; their home is worker.policy
+from worker.policy import DEFAULT_POLICY as DEFAULT_POLICY
+from worker.policy import STATUSES as STATUSES
+from worker.policy import parse_policy
 
 
 class ConfigError(Exception):
@@ -165,18 +149,13 @@ class EmailSettings(_Section):
     @field_validator("from_", "reply_to")
     @classmethod
     def _one_address(cls, value: str | None) -> str | None:
-        from email.headerregistry import Address
-        from email.utils import parseaddr
-
-        from worker.channels.mime import plain_mailbox
-
         if value is None:
             return None
         _, addr = parseaddr(value)
         if "@" not in addr or any(c in value for c in "\r\n"):
             raise ValueError(f"{value!r} is not an address like 'Shop <no-reply@shop.example>'")
         Address(addr_spec=addr)  # raises on a malformed addr-spec
-        plain_mailbox(addr)  # what the mail builder will refuse at start-up otherwise
+        plain_mailbox(addr)  # what the mail builder would refuse, refused at start-up
         return value
 
 
@@ -195,11 +174,9 @@ class SmsSettings(_Section):
     @field_validator("api_url", "webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        from worker.channels.http import parse_url
-
         if value is None:
             return value
-        parse_url(value)  # what the SMS client could not send to stops start-up instead
+        http_url(value)  # what the SMS client could not send to stops start-up instead
         return value.rstrip("/")
 
     @field_validator("account_sid")
@@ -294,35 +271,6 @@ class RetrySettings(_Section):
     max_age: PositiveFloat = 86400.0
     base_delay: PositiveFloat = 30.0
     max_delay: PositiveFloat = 3600.0
-
-
-def parse_policy(raw: str) -> dict[str, tuple[str, ...]]:
-    """NOTIFY_POLICY: empty (defaults), inline JSON, or a path to a JSON file; listed statuses
-    override the default, the others keep it."""
-    if not raw.strip():
-        return dict(DEFAULT_POLICY)
-    text = raw if raw.lstrip().startswith(("{", "[")) else _read_policy_file(raw)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"NOTIFY_POLICY is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError('NOTIFY_POLICY must be an object like {"shipped": ["email", "sms"]}')
-    policy = dict(DEFAULT_POLICY)
-    for status, channels in data.items():
-        if status not in STATUSES:
-            raise ValueError(f"NOTIFY_POLICY names unknown status {status!r}")
-        if not isinstance(channels, list) or not set(channels) <= set(CHANNELS):
-            raise ValueError(f"NOTIFY_POLICY[{status!r}] must be a list of 'email'/'sms'")
-        policy[status] = tuple(c for c in CHANNELS if c in channels)
-    return policy
-
-
-def _read_policy_file(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"NOTIFY_POLICY file {path!r} cannot be read: {exc.strerror}") from exc
 
 
 class Settings:
