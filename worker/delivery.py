@@ -33,7 +33,7 @@ from worker.dedup import DedupStore, EventRecord, ShipmentState
 from worker.dedup.store import ChannelOutcome
 from worker.envelope import Envelope
 from worker.events import Event
-from worker.logs import get_logger, mask_email, mask_phone, redact_contacts
+from worker.logs import get_logger, mask_email, mask_phone, terminal_text
 from worker.policy import Delivery
 from worker.render import Renderer, RenderError
 from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_text
@@ -303,11 +303,9 @@ class Courier:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """An unforeseen exception for a dead letter's reason: its type and message, bounded, any
-    address or number in it masked."""
-    text = f"{type(exc).__name__}: {exc}"[:500]
-    masked: str = redact_contacts(None, "", {"error": text})["error"]
-    return masked
+    """An unforeseen exception for a dead letter's reason: its type and message on one line,
+    bounded, any address or number in it masked."""
+    return terminal_text(f"{type(exc).__name__}: {exc}", limit=500)
 
 
 async def _concurrently(

@@ -19,17 +19,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker import headers
-from worker.events import Channel
+from worker.policy import CHANNELS
 from worker.retry import RetryState
 from worker.settings import KafkaSettings
 from worker.topics import partitions_of
-
-_CHANNELS = frozenset(get_args(Channel))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +146,7 @@ def _replayed(letter: DeadLetter, settings: KafkaSettings) -> tuple[str, list[tu
     """Where a dead letter goes back to, and with which headers."""
     kept = [(k, v) for k, v in letter.headers if not headers.is_ours(k)]
     channel = letter.header(headers.ERROR_CHANNEL)
-    if channel not in _CHANNELS:
+    if channel not in CHANNELS:
         return settings.topic, kept
     now = time.time()
     origin = [(k, v) for k, v in letter.headers if k in headers.ORIGIN]

@@ -15,12 +15,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import get_args
 
 from worker import headers
-from worker.events import Channel
-
-_CHANNELS = frozenset(get_args(Channel))
+from worker.policy import CHANNELS
 
 MAX_HISTORY = 20
 MAX_ERROR = 300  # characters of each failure kept in the history
@@ -101,7 +98,7 @@ def parse(found: Mapping[str, bytes]) -> RetryState:
     not a finite number, a history that is not the list ``history_text`` writes."""
     try:
         channel = found[headers.RETRY_CHANNEL].decode()
-        if channel not in _CHANNELS:
+        if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel[:40]!r}")
         raw_attempt = found[headers.RETRY_ATTEMPT]
         attempt = int(raw_attempt) if len(raw_attempt) <= 4 else 0
