@@ -22,8 +22,7 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from worker.policy import normalize_phone
-from worker.settings import DEFAULT_POLICY
+from worker.policy import DEFAULT_POLICY, normalize_phone
 
 STATUS_WEIGHTS = {
     "order_confirmed": 16,

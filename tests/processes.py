@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests.conftest import committed_offsets
 from tests.sinks import SmsSink, SmtpSink
 from worker.channels import idempotency_key
-from worker.settings import DEFAULT_POLICY
+from worker.policy import DEFAULT_POLICY
 
 ROOT = Path(__file__).resolve().parent.parent
 

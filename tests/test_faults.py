@@ -37,7 +37,7 @@ from tests.processes import (
 )
 from tests.sinks import SmsSink, SmtpSink
 from worker.channels import idempotency_key
-from worker.settings import DEFAULT_POLICY
+from worker.policy import DEFAULT_POLICY
 
 Env = Callable[..., dict[str, str]]
 STATUSES = ["order_confirmed", "shipped", "out_for_delivery", "delivered"]

@@ -25,9 +25,9 @@ from worker.delivery import Courier, InProcessRetry
 from worker.envelope import Envelope
 from worker.events import Shop
 from worker.pipeline import Outcome, Pipeline
+from worker.policy import DEFAULT_POLICY
 from worker.render import Renderer
 from worker.retry import Backoff, RetryLimits, RetryState, parse
-from worker.settings import DEFAULT_POLICY
 from worker.sidetopics import dead_letter_headers, origin_headers
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

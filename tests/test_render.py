@@ -21,9 +21,9 @@ import pytest
 
 from tests.factories import event
 from worker.events import Event, Shop
+from worker.policy import STATUSES
 from worker.preview import sample_event
 from worker.render import RECENT_CONTEXTS, Renderer, RenderError, _fields
-from worker.settings import STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"

@@ -102,7 +102,7 @@ async def summarize(settings: KafkaSettings) -> Summary:
     first = last = None
     async for letter in read_all(settings):
         by_reason[letter.reason] += 1
-        examples.setdefault(letter.reason, letter.header(headers.ERROR_MESSAGE)[:200])
+        examples.setdefault(letter.reason, letter.header(headers.ERROR_MESSAGE))
         first = min(first or letter.timestamp, letter.timestamp)
         last = max(last or letter.timestamp, letter.timestamp)
     return Summary(sum(by_reason.values()), by_reason, first, last, examples)

@@ -27,11 +27,6 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.addresses import http_url, plain_mailbox
-
-# DEFAULT_POLICY and STATUSES are re-exported for the tests and benchmarks that still import
-# them from here; their home is worker.policy
-from worker.policy import DEFAULT_POLICY as DEFAULT_POLICY
-from worker.policy import STATUSES as STATUSES
 from worker.policy import parse_policy
 
 

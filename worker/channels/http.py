@@ -55,9 +55,10 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
 
 import httptools
+
+from worker.addresses import http_url
 
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_HEAD_BYTES = 16 * 1024
@@ -93,21 +94,12 @@ class Target:
 @functools.lru_cache(maxsize=64)
 def parse_url(url: str) -> Target:
     """Where ``url`` points and how a POST to it starts; ``ValueError`` if it cannot be sent
-    to (the settings validate SMS URLs with this, so a bad one stops start-up)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{url!r}: credentials in the URL are not supported")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise ValueError(f"{url!r}: {exc}") from exc
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not path.isascii() or not path.isprintable() or " " in path:
-        raise ValueError(f"{url!r}: the path must be percent-encoded ASCII")
-    head = f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: {USER_AGENT}\r\n"
-    return Target(Origin(parts.scheme == "https", parts.hostname, port), head.encode("ascii"))
+    to (``addresses.http_url``'s rules, which the settings check SMS URLs with at start-up)."""
+    parts = http_url(url)
+    head = (
+        f"POST {parts.target} HTTP/1.1\r\nHost: {parts.authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+    )
+    return Target(Origin(parts.https, parts.host, parts.port), head.encode("ascii"))
 
 
 # the client frames the request and owns the connection: a caller may not set these
