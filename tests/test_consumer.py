@@ -10,7 +10,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-from worker.consumer import KeyOrderedConsumer
+from worker.consumer import ConsumerFailed, KeyOrderedConsumer
 from worker.envelope import Envelope
 
 BAD = None  # a record aiokafka cannot decode (a header name that is not UTF-8)
@@ -192,8 +192,10 @@ async def test_a_passing_broker_error_is_waited_out() -> None:
 
 
 async def test_a_configuration_error_from_getmany_stops_the_consumer() -> None:
-    """A KafkaError that is not retriable (not authorized to read) stops the consumer."""
+    """A KafkaError that is not retriable (not authorized to read) stops the consumer with
+    ConsumerFailed (the command exits 1 with one line), the Kafka error as its cause."""
     kafka = FakeKafka("t", [(b"k", b"v")])
     kafka.errors = [TopicAuthorizationFailedError()]
-    with pytest.raises(TopicAuthorizationFailedError):
+    with pytest.raises(ConsumerFailed, match="TopicAuthorizationFailedError") as failed:
         await _consume(kafka, lambda envelope: asyncio.sleep(0), asyncio.Event())
+    assert isinstance(failed.value.__cause__, TopicAuthorizationFailedError)

@@ -58,7 +58,8 @@ OrderKey = tuple[TopicPartition | None, bytes | None]
 
 
 class ConsumerFailed(Exception):
-    """The handler raised; the record it raised on was not committed."""
+    """The consumer stopped: the handler raised (the record it raised on was not committed),
+    or fetching failed for good (configuration) or for longer than ``FETCH_ERRORS_LIMIT``."""
 
 
 def build_consumer(settings: KafkaSettings, *topics: str) -> AIOKafkaConsumer:
@@ -146,8 +147,8 @@ class KeyOrderedConsumer:
             except UnicodeDecodeError:
                 return await self._read_around_undecodable()
         except KafkaError as exc:
-            if not _passing(exc):
-                raise
+            if not _passing(exc):  # authorization and the like: configuration to fix
+                raise ConsumerFailed(f"fetching failed: {exc!r}") from exc
             await self._fetch_errors.wait(exc)
             return {}
         self._fetch_errors.reset()
@@ -378,7 +379,9 @@ class _FetchErrors:
         now = time.monotonic()
         self._since = self._since if self._since is not None else now
         if now - self._since > FETCH_ERRORS_LIMIT:
-            raise exc
+            raise ConsumerFailed(
+                f"fetching failed for over {FETCH_ERRORS_LIMIT:.0f} s, last: {exc!r}"
+            ) from exc
         log.warning("fetch_failed", error=repr(exc), retry_in=self._delay)
         await asyncio.sleep(self._delay)
         self._delay = min(self._delay * 2, 5.0)
