@@ -6,7 +6,9 @@ from __future__ import annotations
 import email
 import email.policy
 from datetime import UTC, datetime, timedelta
+from email.header import decode_header, make_header
 from email.message import EmailMessage
+from email.utils import formataddr
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.channels import Outgoing, idempotency_key, mime
-from worker.channels.mime import MAX_LINE, HeaderInjection, MimeBuilder, lines_fit
+from worker.channels.mime import (
+    MAX_DISPLAY_NAME,
+    MAX_LINE,
+    HeaderInjection,
+    MimeBuilder,
+    lines_fit,
+)
 
 NOW = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 
@@ -225,3 +233,100 @@ def test_a_plain_subject_that_looks_like_an_encoded_word_is_encoded() -> None:
     wire = MimeBuilder("shop@shop.example", None).build(outgoing(subject=subject), now=NOW)
     assert subject.encode() not in wire.data
     assert str(parse(wire.data)["Subject"]) == subject
+
+
+def decoded_header(data: bytes, name: str) -> str:
+    """The header's value as an RFC 2047 decoder reads it: adjacent encoded words joined
+    without the folding space between them (the modern parser's phrases keep that space)."""
+    raw = email.message_from_bytes(data, policy=email.policy.compat32)[name]
+    return str(make_header(decode_header(raw)))
+
+
+def header_lines(data: bytes) -> list[str]:
+    return data.split(b"\r\n\r\n", 1)[0].decode("ascii").split("\r\n")
+
+
+NAMES = (
+    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=120)
+    .map(lambda name: " ".join(name.split()))
+    .filter(bool)
+)
+
+
+@given(name=NAMES)
+@settings(max_examples=300, deadline=None)
+def test_any_display_name_reads_back_the_same_in_short_lines(name: str) -> None:
+    """A display name in any script, with specials or ``=?``, reads back exactly (the address
+    unchanged) and every header line stays within 998 octets, 76 where it holds encoded words."""
+    wire = MimeBuilder("shop@shop.example", None).build(outgoing(recipient_name=name), now=NOW)
+    assert decoded_header(wire.data, "To") in (
+        f"{name} <an@example.com>",
+        f"{formataddr((name, 'an@example.com'))}",  # quoted: the decoder keeps the quotes
+    )
+    assert parse(wire.data)["To"].addresses[0].addr_spec == "an@example.com"
+    for line in header_lines(wire.data):
+        assert len(line) <= (76 if "=?" in line else MAX_LINE), line
+
+
+def test_a_long_non_ascii_name_is_folded_into_encoded_words() -> None:
+    """A 188-character Vietnamese name becomes several encoded words on lines of at most 76
+    characters, and decodes to the name."""
+    name = ("Nguyễn Thị Minh Khai " * 9).strip()
+    wire = MimeBuilder("shop@shop.example", None).build(outgoing(recipient_name=name), now=NOW)
+    to = [line for line in header_lines(wire.data) if "=?" in line]
+    assert len(to) >= 4
+    assert max(map(len, to)) <= 76
+    assert decoded_header(wire.data, "To") == f"{name} <an@example.com>"
+
+
+@pytest.mark.parametrize("name", ["=?utf-8?b?SGk=?=", "Eve =?utf-8?q?Bank_Support?= x"])
+def test_a_plain_name_that_looks_like_an_encoded_word_reads_back_literally(name: str) -> None:
+    """An ASCII display name holding ``=?...?=`` in To, From or Reply-To is itself encoded, so
+    a client shows it literally instead of decoding it into another name."""
+    wire = MimeBuilder(
+        formataddr((name, "no-reply@shop.example")), formataddr((name, "help@shop.example"))
+    ).build(outgoing(recipient_name=name), now=NOW)
+    assert name.encode() not in wire.data
+    parsed = parse(wire.data)
+    for header in ("To", "From", "Reply-To"):
+        assert parsed[header].addresses[0].display_name == name
+        assert decoded_header(wire.data, header).startswith(f"{name} <")
+
+
+def test_long_display_names_in_from_and_reply_to_are_folded_too() -> None:
+    """The shop's configured names follow the same rules as the customer's."""
+    name = ("Cửa hàng Sen " * 12).strip()
+    wire = MimeBuilder(f"{name} <no-reply@shop.example>", f"{name} <help@shop.example>").build(
+        outgoing(), now=NOW
+    )
+    for line in header_lines(wire.data):
+        assert len(line) <= 76 or "=?" not in line, line
+    assert decoded_header(wire.data, "From") == f"{name} <no-reply@shop.example>"
+    assert decoded_header(wire.data, "Reply-To") == f"{name} <help@shop.example>"
+
+
+@pytest.mark.parametrize("unit", ["a", "ễ", "👩‍👩‍👧", "e\u0301"])
+def test_a_display_name_is_cut_to_a_bound_between_characters(unit: str) -> None:
+    """A name far past ``MAX_DISPLAY_NAME`` characters goes out as its start, cut before a
+    combining mark or a joined emoji's rest, so the header stays short whatever the name."""
+    name = "x" + unit * 5000  # "x": the bound falls inside a unit for every unit here
+    wire = MimeBuilder("shop@shop.example", None).build(outgoing(recipient_name=name), now=NOW)
+    sent = decoded_header(wire.data, "To").removesuffix(" <an@example.com>")
+    assert name.startswith(sent)
+    assert MAX_DISPLAY_NAME - len(unit) < len(sent) <= MAX_DISPLAY_NAME
+    assert (len(sent) - 1) % len(unit) == 0
+    assert len(wire.data.split(b"\r\n\r\n", 1)[0]) < 4 * MAX_DISPLAY_NAME + 1000
+
+
+def test_a_body_with_a_nul_goes_quoted_printable() -> None:
+    """RFC 6152 forbids NUL in an 8bit part: such a part is quoted-printable even when the
+    server takes 8BITMIME, and reads back with the character; the other part stays 8bit."""
+    text = "Xin chào\x00An\n"
+    wire = MimeBuilder("shop@shop.example", None).build(
+        outgoing(text=text), now=NOW, eight_bit=True
+    )
+    assert b"\x00" not in wire.data
+    assert wire.data.count(b"Content-Transfer-Encoding: quoted-printable\r\n") == 1
+    assert wire.data.count(b"Content-Transfer-Encoding: 8bit\r\n") == 1
+    plain, _ = parse(wire.data).iter_parts()
+    assert plain.get_content().replace("\r\n", "\n") == text

@@ -3,15 +3,16 @@
 ``email.message.EmailMessage`` costs about 1.5 ms per message here (policy objects, header
 registry, generator), which alone would cap a worker near 600 emails/s. Our messages always have
 the same shape, so they are assembled from parts: multipart/alternative with a text and an HTML
-part; the Subject and Content-Language are RFC 2047-encoded here, addresses with the standard
-library's ``formataddr``. Every line end is CRLF: the sender passes the bytes on as they are.
+part; the Subject, display names and Content-Language are RFC 2047-encoded here, a plain ASCII
+display name quoted by the standard library's ``formataddr``. Every line end is CRLF: the
+sender passes the bytes on as they are.
 ``tests/test_mime.py`` parses the result back with the standard library and compares it field
 by field.
 
 Bodies are UTF-8, sent as they are (``8bit``) when the server announced 8BITMIME, which every
 current MTA does: no encoding work, and Vietnamese or Korean text is a third of its
 quoted-printable size. A part falls back to quoted-printable when the server lacks 8BITMIME,
-when a line would exceed SMTP's 998 octets, or when it contains the boundary.
+when a line would exceed SMTP's 998 octets, when it contains a NUL, or the boundary.
 
 Safety: header values must not contain CR or LF (event fields are folded to one line when
 decoded; this refuses anything else), and the boundary starts with ``=_``, which cannot occur
@@ -23,6 +24,7 @@ from __future__ import annotations
 import binascii
 import functools
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr, parseaddr
@@ -39,6 +41,9 @@ class WireMessage:
     data: bytes
     message_id: str
     eight_bit: bool = False  # a body part is 8bit: MAIL FROM needs BODY=8BITMIME
+
+
+MAX_DISPLAY_NAME = 200  # characters: what a client shows of a name, with room to spare
 
 
 class HeaderInjection(ValueError):
@@ -99,10 +104,39 @@ def plain_mailbox(address: str) -> str:
     return address
 
 
-def _address(name: str | None, address: str) -> str:
-    """A header's mailbox; the address also goes on the MAIL or RCPT line as it is."""
+def _address(name: str | None, address: str, header: str) -> str:
+    """``header``'s mailbox; the address also goes on the MAIL or RCPT line as it is. The
+    display name is encoded as the Subject is: plain ASCII stays as it is (quoted when it holds
+    specials, RFC 5322 3.4), anything else becomes encoded words folded within 76 characters,
+    so neither a long name nor one quoting ``=?...?=`` can reach a client other than as text."""
     mailbox = plain_mailbox(address)
-    return formataddr((_one_line(name or "", "display name"), mailbox), charset="utf-8")
+    name = _shortened(_one_line(name or "", "display name"))
+    if not name:
+        return mailbox
+    if name.isascii() and name.isprintable() and "=?" not in name:
+        return formataddr((name, mailbox))
+    words = _encoded_words(name, first_line=len(header) + 2)
+    _, fold, last = words.rpartition("\r\n ")
+    line = (1 if fold else len(header) + 2) + len(last)  # where the address would go
+    gap = " " if line + len(" <>") + len(mailbox) <= _LINE else "\r\n "
+    return f"{words}{gap}<{mailbox}>"
+
+
+def _shortened(name: str) -> str:
+    """``name`` cut to ``MAX_DISPLAY_NAME`` characters, before a character that continues
+    the one before it (a combining mark, a joined or modified emoji), as a client would
+    otherwise show half of it."""
+    end = MAX_DISPLAY_NAME
+    while 0 < end < len(name) and _continues(name, end):
+        end -= 1
+    return name[: end or MAX_DISPLAY_NAME].rstrip()
+
+
+def _continues(text: str, at: int) -> bool:
+    before, after = text[at - 1], text[at]
+    if unicodedata.category(after) in ("Mn", "Mc", "Me") or "\u200d" in (before, after):
+        return True
+    return "\U0001f3fb" <= after <= "\U0001f3ff"  # a skin tone
 
 
 def _utf8_lines(text: str) -> bytes:
@@ -125,11 +159,13 @@ MAX_LINE = 998  # octets, without CRLF (RFC 5321 4.5.3.1.6)
 
 
 def _eight_bit(text: str, boundary: str) -> bytes | None:
-    """The body as 8bit UTF-8 with CRLF line ends, or None when it may not travel so."""
+    """The body as 8bit UTF-8 with CRLF line ends, or None when it may not travel so: it
+    holds the boundary, a NUL (RFC 6152 forbids it in 8bit data; quoted-printable encodes
+    it) or a line over ``MAX_LINE``."""
     if boundary in text:
         return None
     body = _utf8_lines(text)
-    if not lines_fit(body):
+    if b"\x00" in body or not lines_fit(body):
         return None
     return body.replace(b"\n", b"\r\n")
 
@@ -173,8 +209,8 @@ class MimeBuilder:
         name, address = parseaddr(from_)
         self.sender = address
         self.domain = address.rpartition("@")[2]
-        self._from = _address(name, address)
-        self._reply_to = _address(*parseaddr(reply_to)) if reply_to else None
+        self._from = _address(name, address, "From")
+        self._reply_to = _address(*parseaddr(reply_to), "Reply-To") if reply_to else None
 
     def build(
         self, message: Outgoing, now: datetime | None = None, *, eight_bit: bool = False
@@ -185,7 +221,7 @@ class MimeBuilder:
         boundary = f"=_{key[:32]}"
         headers = [
             f"From: {self._from}",
-            f"To: {_address(message.recipient_name, message.address)}",
+            f"To: {_address(message.recipient_name, message.address, 'To')}",
             *([f"Reply-To: {self._reply_to}"] if self._reply_to else []),
             f"Subject: {_encoded(message.subject, 'Subject')}",
             f"Date: {format_datetime(now) if now else _date(int(time.time()))}",
