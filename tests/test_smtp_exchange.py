@@ -329,3 +329,57 @@ async def test_a_cancelled_exchange_aborts_and_the_client_connects_afresh(
         await client.ehlo()
     await transaction(client, MAIL)
     assert bodies == [STUFFED]
+
+
+async def test_a_reply_in_latin1_reads_as_its_words(serve: Serve) -> None:
+    """A localized relay's reply that is not UTF-8 is read line by line as Latin-1 (UTF-8
+    lines stay UTF-8), so the error carries the server's words and no undecodable bytes."""
+
+    async def script(session: Session) -> None:
+        await session.commands(3)
+        await session.reply("451-4.2.0 Größe überschritten\r\n".encode())
+        await session.reply(b"451 4.2.0 Empf\xe4nger nicht erreichbar\r\n")
+        assert await session.reader.read() == b""
+
+    client = await serve(EHLO_PIPELINING, script)
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+        await transaction(client, MAIL)
+    assert refused.value.message == "4.2.0 Größe überschritten\n4.2.0 Empfänger nicht erreichbar"
+
+
+async def test_a_reply_trickled_line_by_line_times_out_as_a_whole(serve: Serve) -> None:
+    """A reply whose continuation lines come one every 0.2 s, each sooner than the timeout but
+    all of them later, fails with SMTPReadTimeoutError about the timeout (0.5 s) after it was
+    due, not when the server chooses to finish it."""
+
+    async def script(session: Session) -> None:
+        await session.commands(3)
+        for _ in range(20):
+            await session.reply(b"250-still thinking\r\n")
+            await asyncio.sleep(0.2)
+        await session.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+
+    client = await serve(EHLO_PIPELINING, script)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(aiosmtplib.SMTPReadTimeoutError):
+        await asyncio.wait_for(transaction(client, MAIL), 10)
+    assert 0.45 <= loop.time() - started < 1.0
+    assert not client.is_connected
+
+
+async def test_each_reply_has_the_timeout_from_the_one_before(serve: Serve) -> None:
+    """Replies that each come 0.3 s after the one before (the timeout is 0.5 s) complete the
+    exchange, though together they take longer than one timeout."""
+
+    async def script(session: Session) -> None:
+        await session.commands(3)
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+            await asyncio.sleep(0.3)
+            await session.reply(reply)
+        await session.body()
+        await asyncio.sleep(0.3)
+        await session.reply(b"250 queued\r\n")
+
+    client = await serve(EHLO_PIPELINING, script)
+    await transaction(client, MAIL)

@@ -7,6 +7,10 @@ headers only after being folded to one line), built once the session's EHLO has 
 the server takes 8BITMIME bodies. aiosmtplib connects, secures, greets, authenticates and
 quits; each message's MAIL, RCPT, DATA and body are exchanged by ``transaction`` on the
 session's transport, pipelined when the server offers PIPELINING (why: its docstring).
+
+A failure leaves as a ``DeliveryError`` classified by its reply code (``_classified``), whose
+text is clean printable text of bounded length whatever the server sent: replies are read as
+UTF-8, or Latin-1 for a line that is not, both here and where aiosmtplib read them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ from typing import cast
 
 import aiosmtplib
 
-from worker.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from worker.channels import (
+    DeliveryError,
+    Outgoing,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from worker.channels.mime import MimeBuilder, WireMessage
 from worker.settings import EmailSettings, SmtpSecurity, SmtpSettings
+
+MAX_ERROR_TEXT = 300  # characters of a delivery error's text, the server's words included
 
 
 class SmtpSender:
@@ -56,38 +67,16 @@ class SmtpSender:
         try:
             return self.mime.build(message, eight_bit=eight_bit)
         except ValueError as exc:  # an address or header value we refuse to put on the wire
-            raise PermanentDeliveryError(f"message cannot be built: {exc}") from exc
+            raise PermanentDeliveryError(_printable(f"message cannot be built: {exc}")) from exc
 
     async def _send(self, client: aiosmtplib.SMTP, message: Outgoing) -> None:
         try:
             await _open_session(client)
             mail = self._build(message, client.supports_extension("8bitmime"))
             await transaction(client, mail)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            _close(client)  # a fresh session next time rather than trusting this one's state
-            error = f"recipient refused: {exc.code} {exc.message}"
-            if 500 <= exc.code < 600:
-                raise PermanentDeliveryError(error) from exc
-            raise TransientDeliveryError(error) from exc
-        except (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused) as exc:
-            _close(client)
-            if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code == 552:
-                # RFC 1870: this message's SIZE exceeds the server's fixed limit, for good
-                raise PermanentDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
-            # our credentials or sender address: wrong for every message until fixed, so
-            # retried (and visible) rather than dead-lettered one by one
-            raise TransientDeliveryError(f"SMTP refused us: {exc.code} {exc.message}") from exc
-        except aiosmtplib.SMTPDataError as exc:  # the server refused this message's content
-            _close(client)
-            if 500 <= exc.code < 600:
-                raise PermanentDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
-            raise TransientDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            _close(client)
-            raise TransientDeliveryError(f"SMTP {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            _close(client)
-            raise TransientDeliveryError(f"SMTP connection failed: {exc!r}") from exc
+            _close(client)  # a fresh session next time rather than trusting this one's state
+            raise _classified(exc) from exc
 
     async def close(self) -> None:
         while not self._idle.empty():
@@ -97,6 +86,66 @@ class SmtpSender:
                     await client.quit()
                 except (aiosmtplib.SMTPException, OSError):
                     client.close()
+
+
+def _classified(exc: Exception) -> DeliveryError:
+    """What happens next after ``exc``, in words fit for logs and terminals (``_printable``)."""
+    if not isinstance(exc, aiosmtplib.SMTPResponseException):
+        return TransientDeliveryError(_printable(f"SMTP connection failed: {_named(exc)}"))
+    code, permanent = exc.code, 500 <= exc.code < 600
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        kind = PermanentDeliveryError if permanent else TransientDeliveryError
+        return kind(_printable(f"recipient refused: {code} {exc.message}"))
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused) and code == 552:
+        # RFC 1870: this message's SIZE exceeds the server's fixed limit, for good
+        return PermanentDeliveryError(_printable(f"SMTP {code} {exc.message}"))
+    if isinstance(exc, (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused)):
+        # our credentials or sender address: wrong for every message until fixed, so
+        # retried (and visible) rather than dead-lettered one by one
+        return TransientDeliveryError(_printable(f"SMTP refused us: {code} {exc.message}"))
+    if isinstance(exc, aiosmtplib.SMTPDataError) and permanent:  # this message's content
+        return PermanentDeliveryError(_printable(f"SMTP {code} {exc.message}"))
+    return TransientDeliveryError(_printable(f"SMTP {code} {exc.message}"))
+
+
+def _named(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _printable(text: str) -> str:
+    """``text``, holding a server's words, as clean printable text of at most
+    ``MAX_ERROR_TEXT`` characters: server replies reach terminals through ``dlq list`` and
+    logs. Bytes aiosmtplib could not decode (it keeps them as surrogate escapes) are read as
+    ``_reply_text`` reads a reply; control and formatting characters (ESC, NUL, C1, bidi
+    overrides, zero-width) are dropped, and line breaks and other spaces become one space."""
+    if not (text.isascii() and text.isprintable()):
+        try:
+            text = _reply_text(text.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a lone surrogate no decoder made: not a server's byte
+            text = text.encode("utf-8", "replace").decode("utf-8")
+        kept = (c if c.isprintable() else " " for c in text if c.isprintable() or c.isspace())
+        text = " ".join("".join(kept).split())
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[: MAX_ERROR_TEXT - 3] + "..."
+    return text
+
+
+def _reply_text(data: bytes) -> str:
+    """A reply's text: UTF-8, or Latin-1 for a line that is not UTF-8, which is what
+    localized relays send (``451 4.2.0 Empf\\xe4nger``); every byte is some character, so
+    nothing later fails to encode it."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\n".join(_line_text(line) for line in data.split(b"\n"))
+
+
+def _line_text(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")
 
 
 async def _open_session(client: aiosmtplib.SMTP) -> None:
@@ -205,7 +254,7 @@ class _Exchange(asyncio.Protocol):
         if self.done.done():
             return  # after the final reply: unsolicited, like aiosmtplib drops it
         buffer = self._buffer + data if self._buffer else data
-        start = 0
+        start, replied = 0, False
         while (end := buffer.find(b"\n", start)) >= 0:
             line, start = buffer[start : end + 1], end + 1
             self._size += len(line)
@@ -215,15 +264,15 @@ class _Exchange(asyncio.Protocol):
             self._lines.append(line[4:].strip(b" \t\r\n"))
             if line[3:4] == b"-":
                 continue
-            text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
-            self._lines, self._size = [], 0
+            text = _reply_text(b"\n".join(self._lines))
+            self._lines, self._size, replied = [], 0, True
             self._reply(int(line[:3]), text)
             if self.done.done():
                 return
         self._buffer = buffer[start:]
         if self._size + len(self._buffer) > _MAX_REPLY:
             self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
-        elif start:  # a reply came: the next one is due within the timeout from now
+        elif replied:  # the next reply is due, all its lines, within the timeout from now
             self._arm()
 
     def _reply(self, code: int, text: str) -> None:
@@ -254,8 +303,10 @@ class _Exchange(asyncio.Protocol):
         return None if code == expected else aiosmtplib.SMTPDataError(code, text)
 
     def _arm(self) -> None:
-        """Each reply within ``timeout`` of the previous one (aiosmtplib's rule); re-armed once
-        per read, however many replies it held."""
+        """Each reply, all its lines, within ``timeout`` of when it became due: of the start
+        for the first, of the reply before it for the others. Not re-armed by a line that
+        leaves the reply unfinished, so a relay trickling continuation lines cannot hold the
+        connection; one message's exchange thus ends within one timeout per reply."""
         if self._timer is not None:
             self._timer.cancel()
         if self._timeout is not None:
