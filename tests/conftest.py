@@ -45,6 +45,7 @@ BOTH_LOOPS = (
     "tests.test_http_client",
     "tests.test_http_hostile",
     "tests.test_http_hostile_sms",
+    "tests.test_probes",
 )
 
 
