@@ -242,7 +242,7 @@ def test_occurred_at_must_be_rfc3339_with_offset(occurred_at: Any) -> None:
 def test_urls_must_be_plain_http(path: str, url: str) -> None:
     """A link that is not a plain http(s) URL is refused before it can reach an email."""
     assert invalid(with_field(path, url)) == InvalidEvent(
-        "schema", f"{path}: must be an http(s) URL without spaces or quotes"
+        "schema", f"{path}: must be an http(s) URL without spaces, quotes or invisible characters"
     )
 
 
@@ -336,3 +336,96 @@ def test_a_record_over_the_size_limit_is_too_large() -> None:
     """One byte over 256 KiB is too_large, before any decoding."""
     value = b"\xff" * (MAX_RECORD_BYTES + 1)
     assert invalid(value) == InvalidEvent("too_large", "record value is 262145 bytes, over 262144")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "help@shop.example\nBcc: victim@evil.example",
+        "help\x00@shop.example",
+        "Help <help@shop.example>",
+        "help@shop.example, victim@evil.example",
+        "not an address",
+        "hëlp@shop.example",
+    ],
+)
+def test_the_support_email_must_be_one_plain_address(address: str) -> None:
+    """shop.support_email, which reaches every email's text, is refused unless it is a plain
+    address as a customer's email must be: no line breaks, NUL, display name or second one."""
+    assert invalid(with_field("shop.support_email", address)) == InvalidEvent(
+        "schema", "shop.support_email: must be a plain address like help@shop.example"
+    )
+    assert valid(with_field("shop.support_email", " help@shop.example ")).shop.support_email == (
+        "help@shop.example"
+    )
+
+
+@pytest.mark.parametrize(
+    "char",
+    [
+        "\x00",
+        "\x1b",
+        "\x9b",
+        "\u202e",
+        "\u2066",
+        "\u200b",
+        "\u200d",
+        "\ufeff",
+        "\u00a0",
+        "\u3000",
+        "\t",
+        "\u2028",
+    ],
+)
+@pytest.mark.parametrize("path", ["shipment.tracking_url", "shop.url"])
+def test_urls_refuse_controls_invisible_characters_and_spaces(path: str, char: str) -> None:
+    """A link holding a control, bidi or zero-width character or any space is refused, since
+    it would show one address and lead to another (or break the email's 8bit part)."""
+    assert invalid(with_field(path, f"https://track.example/{char}VN1")) == InvalidEvent(
+        "schema", f"{path}: must be an http(s) URL without spaces, quotes or invisible characters"
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "customer.name",
+        "shop.name",
+        "shipment.carrier",
+        "shipment.location",
+        "shipment.tracking_number",
+        "shipment.detail",
+    ],
+)
+def test_bidi_overrides_and_zero_width_spaces_are_removed_from_text(path: str) -> None:
+    """Bidi embeddings, overrides and isolates (which reorder what a reader sees) and
+    zero-width spaces, word joiners and BOMs (which hide text) are removed from free text."""
+    value = "\u202eAn\u202c \u2067Sen\u2069 \u200bK\u2060i\ufeffm\u202a\u202b\u202d\u2066\u2068"
+    got = valid(with_field(path, value)).model_dump(mode="json")
+    section, field = path.split(".")
+    assert got[section][field] == "An Sen Kim"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Gia đình 👩\u200d👩\u200d👧",  # ZWJ: one emoji of three people
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # ZWNJ: Persian, "I want"
+        "\u05e9\u05dc\u05d5\u05dd\u200f 123",  # RLM: a mark, it reorders nothing but neutrals
+    ],
+)
+def test_joiners_and_direction_marks_that_scripts_need_are_kept(text: str) -> None:
+    """ZWJ (emoji sequences, Indic scripts), ZWNJ (Persian) and the LRM/RLM/ALM marks stay in
+    names and details, where they are part of how the text is written."""
+    assert valid(with_field("customer.name", text)).customer.name == text
+    assert valid(with_field("shipment.detail", text)).shipment.detail == text
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200b", "\u200d", "\ufeff", "\u00ad"])
+@pytest.mark.parametrize("path", ["event_id", "shipment.id", "shipment.order_id"])
+def test_ids_refuse_invisible_characters(path: str, char: str) -> None:
+    """An id holding an invisible formatting character is refused: it would look like another
+    id (in logs, in the dead-letter topic) while being a different key."""
+    assert invalid(with_field(path, f"ORD{char}-1")) == InvalidEvent(
+        "schema", f"{path}: must not contain invisible formatting characters"
+    )

@@ -9,9 +9,12 @@ producers can evolve; missing required fields, wrong types and unknown statuses 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Literal
@@ -51,6 +54,14 @@ MAX_FUTURE = 7 * 86400.0
 # C0 (but tab and line breaks), DEL, C1 (e.g. \x9b, the 8-bit terminal escape), and the
 # Unicode line/paragraph separators
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that change what a reader sees without being seen: bidi embeddings, overrides and
+# isolates, which reorder a run of text ("Trojan Source"), and zero-width spaces, word joiners,
+# invisible operators and BOMs, which hide or split it. Removed from free text rather than
+# refused (an invalid event would lose the whole notification over a name pasted from a web
+# page). Not ZWJ and ZWNJ, which emoji sequences, Indic scripts and Persian need, nor the
+# LRM/RLM/ALM marks, which only set the direction of the neutral characters next to them.
+_HIDING = re.compile("[\u202a-\u202e\u2066-\u2069\u200b\u2060-\u2064\ufeff]")
+_UNUSUAL = re.compile(f"{_CONTROL.pattern}|{_HIDING.pattern}")  # one search for most text
 
 
 def _no_control_chars(value: str) -> str:
@@ -59,15 +70,51 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
+def _free_text(value: str) -> str:
+    """Free text (names, places, the carrier's detail): no controls, nothing ``_HIDING``."""
+    if _UNUSUAL.search(value) is None:
+        return value
+    return _HIDING.sub("", _no_control_chars(value)).strip()
+
+
 def _one_line(value: str) -> str:
     """Fields that end up in headers, subjects or SMS: any line break becomes a space."""
-    return " ".join(_no_control_chars(value).split())
+    return " ".join(_free_text(value).split())
+
+
+def _plain_id(value: str) -> str:
+    """An id shows in logs and dead letters as it is: no formatting character (category Cf,
+    the bidi controls and every zero-width one) may make it look like another id."""
+    value = " ".join(_no_control_chars(value).split())
+    if not value.isascii() and any(unicodedata.category(c) == "Cf" for c in value):
+        raise ValueError("must not contain invisible formatting characters")
+    return value
+
+
+_URL = re.compile(r"https?://[^\s<>\"']+\Z")
 
 
 def _http_url(value: str) -> str:
-    if not re.match(r"https?://[^\s<>\"']+\Z", value):
-        raise ValueError("must be an http(s) URL without spaces or quotes")
+    """A link shows one address and leads to it: printable (no controls, formatting or
+    spaces of any kind), without quotes or angle brackets."""
+    if not (_URL.match(value) and value.isprintable()):
+        raise ValueError("must be an http(s) URL without spaces, quotes or invisible characters")
     return value
+
+
+def _plain_address(value: str) -> str:
+    """An address the worker writes into emails: a plain ``local@domain`` as a customer's."""
+    if not _usable_email()(value):
+        raise ValueError("must be a plain address like help@shop.example")
+    return value
+
+
+@functools.cache
+def _usable_email() -> Callable[[str], bool]:
+    """``policy.usable_email``, imported on first use: worker.policy imports this module."""
+    from worker.policy import usable_email
+
+    return usable_email
 
 
 _RFC3339 = re.compile(
@@ -86,9 +133,10 @@ def _rfc3339(value: object) -> object:
 
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 Text = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_one_line)]
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_one_line)]
-LongText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_no_control_chars)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_plain_id)]
+LongText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_free_text)]
 Url = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_http_url)]
+Address = Annotated[str, StringConstraints(max_length=254), AfterValidator(_plain_address)]
 
 
 class _Model(BaseModel):
@@ -124,7 +172,7 @@ class Customer(_Model):
 class Shop(_Model):
     name: Text | None = None
     url: Url | None = None
-    support_email: Annotated[str, StringConstraints(max_length=254)] | None = None
+    support_email: Address | None = None
 
 
 class Event(_Model):
