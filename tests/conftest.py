@@ -46,6 +46,7 @@ BOTH_LOOPS = (
     "tests.test_http_hostile",
     "tests.test_http_hostile_sms",
     "tests.test_probes",
+    "tests.test_mail_hostile",
 )
 
 

@@ -7,8 +7,23 @@ value that passes one passes the other.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+# RFC 5322's dot-atom on both sides: printable ASCII "atext" runs joined by single dots, at
+# most 64 octets before the "@", and a domain of hostname labels with at least one dot. That
+# is exactly what the email package accepts as an ``addr_spec`` among such strings (property
+# test), at 0.4 us instead of 34 for parsing it with ``email.headerregistry.Address``.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"(?=[^@]{{1,64}}@){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+\Z")
+
+
+def usable_email(address: str) -> bool:
+    """A plain ``local@domain.tld`` that the email package will also accept as a header: the
+    customer's address, and the shop's support address."""
+    return _EMAIL.match(address) is not None
 
 
 def plain_mailbox(address: str) -> str:

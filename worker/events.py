@@ -9,12 +9,10 @@ producers can evolve; missing required fields, wrong types and unknown statuses 
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import time
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Literal
@@ -29,6 +27,8 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+
+from worker.addresses import usable_email
 
 Status = Literal[
     "order_confirmed",
@@ -104,17 +104,9 @@ def _http_url(value: str) -> str:
 
 def _plain_address(value: str) -> str:
     """An address the worker writes into emails: a plain ``local@domain`` as a customer's."""
-    if not _usable_email()(value):
+    if not usable_email(value):
         raise ValueError("must be a plain address like help@shop.example")
     return value
-
-
-@functools.cache
-def _usable_email() -> Callable[[str], bool]:
-    """``policy.usable_email``, imported on first use: worker.policy imports this module."""
-    from worker.policy import usable_email
-
-    return usable_email
 
 
 _RFC3339 = re.compile(

@@ -19,6 +19,7 @@ from typing import get_args
 
 import phonenumbers
 
+from worker.addresses import usable_email
 from worker.events import Channel, Event, Status
 
 CHANNELS: tuple[str, ...] = get_args(Channel)
@@ -44,13 +45,6 @@ DEFAULT_POLICY: dict[str, tuple[str, ...]] = {
     for status in STATUSES
 }
 
-# RFC 5322's dot-atom on both sides: printable ASCII "atext" runs joined by single dots, at
-# most 64 octets before the "@", and a domain of hostname labels with at least one dot. That
-# is exactly what the email package accepts as an ``addr_spec`` among such strings (property
-# test), at 0.4 us instead of 34 for parsing it with ``email.headerregistry.Address``.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL = re.compile(rf"(?=[^@]{{1,64}}@){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+\Z")
 # a number written without a country code is read in the country of the customer's language
 _LANGUAGE_REGION = {"vi": "VN", "ko": "KR", "de": "DE", "en": "US"}
 
@@ -131,11 +125,6 @@ def _contact(event: Event, channel: str) -> Delivery | Skip:
         return Skip(channel, "no_contact")
     number = normalize_phone(phone, event.customer.locale)
     return Delivery(channel, number) if number else Skip(channel, "invalid_phone")
-
-
-def usable_email(address: str) -> bool:
-    """A plain ``local@domain.tld`` that the email package will also accept as a header."""
-    return _EMAIL.match(address) is not None
 
 
 def normalize_phone(raw: str, locale: str | None) -> str | None:
