@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr, parseaddr
 
+from worker import addresses
 from worker.channels import Outgoing, idempotency_key
 
 
@@ -94,14 +95,7 @@ def plain_mailbox(address: str) -> str:
     """``address``, if it can stand as it is in a header and on a MAIL or RCPT line: one
     ``local@domain`` of printable ASCII without specials or quoting (SMTPUTF8 is not used).
     Otherwise ValueError (``HeaderInjection`` for a line break)."""
-    _one_line(address, "address")
-    plain = address.isascii() and address.isprintable()
-    if not plain or any(c in address for c in '<>,;" ') or address.count("@") != 1:
-        raise ValueError(
-            f"not a single plain address: {address!r} (printable ASCII without quoting;"
-            " SMTPUTF8 is not used)"
-        )
-    return address
+    return addresses.plain_mailbox(_one_line(address, "address"))
 
 
 def _address(name: str | None, address: str, header: str) -> str:
