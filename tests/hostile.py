@@ -15,6 +15,7 @@ import asyncio
 import email.parser
 import email.policy
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,14 +55,6 @@ def short(value: bytes) -> str:
     return repr(value) if len(value) <= 60 else f"{value[:40]!r}...({len(value)} bytes)"
 
 
-async def _write(writer: asyncio.StreamWriter, reply: Reply) -> None:
-    for chunk in reply.chunks:
-        if reply.pause:
-            await asyncio.sleep(reply.pause)
-        writer.write(chunk)
-        await writer.drain()
-
-
 class _Peer:
     """A loopback server whose connections are closed with it."""
 
@@ -70,6 +63,7 @@ class _Peer:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.errors: list[Exception] = []  # the peer's own bugs: a test asserts there are none
+        self.holds: list[tuple[str, float]] = []  # (a slow reply, seconds the worker waited)
 
     async def __aenter__(self) -> _Peer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20)
@@ -98,6 +92,39 @@ class _Peer:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
+    async def _write(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply
+    ) -> None:
+        """Each chunk after its pause, until the worker hangs up; a slow reply's hold (how long
+        the worker waited on it) is kept in ``holds``."""
+        start = time.monotonic()
+        try:
+            for chunk in reply.chunks:
+                if reply.pause:
+                    await asyncio.sleep(reply.pause)
+                    if writer.transport.is_closing() or reader.at_eof():
+                        return
+                writer.write(chunk)
+                await writer.drain()
+        finally:
+            if reply.pause:
+                self.holds.append((reply.label, round(time.monotonic() - start, 2)))
+
+    async def _answer(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        reply: Reply | None,
+        plain: bytes,
+    ) -> bool:
+        """The plain answer (True: the session goes on), or the scripted one, then hang up."""
+        if reply is None:
+            writer.write(plain)
+            await writer.drain()
+            return True
+        await self._write(reader, writer, reply)
+        return False
+
 
 # --- SMTP ------------------------------------------------------------------------------------
 
@@ -125,37 +152,46 @@ class HostileSmtp(_Peer):
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         fault = dict([self.sessions.pop(0)]) if self.sessions else {}
-        if not await _answer(writer, fault.pop("greeting", None), b"220 hostile.local ESMTP\r\n"):
+        greeting = b"220 hostile.local ESMTP\r\n"
+        if not await self._answer(reader, writer, fault.pop("greeting", None), greeting):
             return
         pending: list[Reply] = []  # replies due after the message, for its recipients
         while line := await reader.readline():
             verb = line[:4].upper()
             if verb == b"EHLO":
                 ehlo = _EHLO + (b"250-PIPELINING\r\n" if self.pipelining else b"") + b"250 OK\r\n"
-                answered = await _answer(writer, fault.pop("ehlo", None), ehlo)
+                answered = await self._answer(reader, writer, fault.pop("ehlo", None), ehlo)
             elif verb == b"MAIL":
                 pending = []
-                answered = await _answer(writer, fault.pop("mail", None), b"250 2.1.0 Ok\r\n")
+                answered = await self._answer(
+                    reader, writer, fault.pop("mail", None), b"250 2.1.0 Ok\r\n"
+                )
             elif verb == b"RCPT":
-                answered = await self._rcpt(writer, line, pending)
+                answered = await self._rcpt(reader, writer, line, pending)
             elif verb == b"DATA":
                 answered = await self._data(reader, writer, pending)
             elif verb == b"QUIT":
-                await _answer(writer, None, b"221 Bye\r\n")
+                await self._answer(reader, writer, None, b"221 Bye\r\n")
                 return
             else:  # HELO, RSET, NOOP
-                answered = await _answer(writer, None, b"250 Ok\r\n")
+                answered = await self._answer(reader, writer, None, b"250 Ok\r\n")
             if not answered:
                 return
 
-    async def _rcpt(self, writer: asyncio.StreamWriter, line: bytes, pending: list[Reply]) -> bool:
+    async def _rcpt(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        line: bytes,
+        pending: list[Reply],
+    ) -> bool:
         address = line.partition(b"<")[2].partition(b">")[0].decode().lower()
         script = self.scripts.get(address, [])
         stage, reply = script.pop(0) if script else ("rcpt", None)
         if stage == "data" and reply is not None:
             pending.append(reply)
             reply = None
-        return await _answer(writer, reply, b"250 2.1.5 Ok\r\n")
+        return await self._answer(reader, writer, reply, b"250 2.1.5 Ok\r\n")
 
     async def _data(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: list[Reply]
@@ -165,22 +201,12 @@ class HostileSmtp(_Peer):
         while (line := await reader.readuntil(b"\n")) != b".\r\n":
             lines.append(line)
         if pending:
-            return await _answer(writer, pending[0], b"")
+            return await self._answer(reader, writer, pending[0], b"")
         head = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
             b"".join(lines)
         )
         self.accepted[str(head["Message-ID"]).strip("<>").split("@", 1)[0]] += 1
-        return await _answer(writer, None, b"250 2.0.0 Ok: queued\r\n")
-
-
-async def _answer(writer: asyncio.StreamWriter, reply: Reply | None, plain: bytes) -> bool:
-    """The plain answer (True: the session goes on), or the scripted one, then hang up."""
-    if reply is None:
-        writer.write(plain)
-        await writer.drain()
-        return True
-    await _write(writer, reply)
-    return False
+        return await self._answer(reader, writer, None, b"250 2.0.0 Ok: queued\r\n")
 
 
 LATIN1 = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60)
@@ -228,7 +254,7 @@ SMTP_TRANSIENT = st.one_of(
             pause=p,
         ),
         TEMPORARY,
-        st.integers(1, 6),
+        st.integers(1, 12),
         st.floats(0.2, 0.7),
     ),
     st.builds(lambda c: Reply("late", (b"%d late\r\n" % c,), pause=1.8), TEMPORARY),
@@ -303,7 +329,7 @@ class HostileSms(_Peer):
             key = fields["idempotency-key"]
             script = self.scripts.get(key, [])
             reply = script.pop(0) if script else self.accepts[key]
-            await _write(writer, reply)
+            await self._write(reader, writer, reply)
             if reply.kind != ACCEPT:
                 return
             self.accepted[key] += 1
@@ -434,6 +460,10 @@ SMS_TRANSIENT = st.one_of(
     st.builds(_cut, ANY_STATUS, st.integers(0, 10_000)),
     st.binary(max_size=500).map(lambda b: Reply("random bytes", (b"\x00" + b,))),
     st.builds(lambda s: Reply("late", (http_response(s, b"{}"),), pause=2.5), ANY_STATUS),
+    st.builds(  # some 5 seconds in all, each piece well within the timeout
+        lambda s: Reply("trickled", _pieces(http_response(s, b"{}" * 20), 8), pause=0.3),
+        ANY_STATUS,
+    ),
 )
 SMS_PERMANENT = st.one_of(
     st.builds(
