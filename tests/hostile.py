@@ -459,7 +459,7 @@ SMS_TRANSIENT = st.one_of(
     st.builds(_short_body, ANY_STATUS, st.integers(1, 1000)),
     st.builds(_cut, ANY_STATUS, st.integers(0, 10_000)),
     st.binary(max_size=500).map(lambda b: Reply("random bytes", (b"\x00" + b,))),
-    st.builds(lambda s: Reply("late", (http_response(s, b"{}"),), pause=2.5), ANY_STATUS),
+    st.builds(lambda s: Reply("late", (http_response(s, b"{}"),), pause=2.0), ANY_STATUS),
     st.builds(  # some 5 seconds in all, each piece well within the timeout
         lambda s: Reply("trickled", _pieces(http_response(s, b"{}" * 20), 8), pause=0.3),
         ANY_STATUS,
