@@ -8,39 +8,11 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 from tests.conftest import MakeTopic, committed_offsets
+from tests.factories import BAD_HEADERS, python_batch
 from worker.consumer import KeyOrderedConsumer
 from worker.envelope import Envelope
-
-
-class _RawName(str):
-    """A header name that the pure-Python batch builder writes as the given bytes: aiokafka's
-    producer only takes ``str`` names and encodes them as UTF-8 itself."""
-
-    raw: bytes
-
-    def __new__(cls, raw: bytes) -> _RawName:
-        name = super().__new__(cls, raw.decode("latin-1"))
-        name.raw = raw
-        return name
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
-
-
-BAD_HEADERS = [(_RawName(b"\xffname"), b"x"), ("trace-id", b"t-1")]
-
-
-def _python_batch(producer: AIOKafkaProducer) -> Any:
-    batch = producer.create_batch()
-    # the C builder encodes names itself; the pure-Python one asks the name for its bytes
-    batch._builder = _DefaultRecordBatchBuilderPy(
-        2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
-        batch_size=16384,
-    )  # fmt: skip
-    return batch
 
 
 async def _produce(bootstrap: str, topic: str, *, one_batch: bool) -> None:
@@ -51,14 +23,14 @@ async def _produce(bootstrap: str, topic: str, *, one_batch: bool) -> None:
     await producer.start()
     try:
         if one_batch:
-            batch = _python_batch(producer)
+            batch = python_batch(producer)
             batch.append(timestamp=None, key=b"k1", value=b"v0")
             batch.append(timestamp=None, key=b"k2", value=b"v1", headers=BAD_HEADERS)
             batch.append(timestamp=None, key=b"k1", value=b"v2")
             await (await producer.send_batch(batch, topic, partition=0))
             return
         await (await producer.send(topic, b"v0", key=b"k1", partition=0))
-        batch = _python_batch(producer)
+        batch = python_batch(producer)
         batch.append(timestamp=None, key=b"k2", value=b"v1", headers=BAD_HEADERS)
         await (await producer.send_batch(batch, topic, partition=0))
         await (await producer.send(topic, b"v2", key=b"k1", partition=0))

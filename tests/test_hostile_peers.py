@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import MakeTopic, committed_offsets, read_topic
-from tests.factories import event, record
+from tests.factories import RawHeaderName, event, python_batch, record
 from tests.hostile import (
     ACCEPT,
     FORGED_HEADERS,
@@ -38,7 +38,6 @@ from tests.hostile import (
     smtp_scripts,
 )
 from tests.processes import WorkerProcess, end_offsets
-from tests.test_consumer_kafka import _python_batch, _RawName
 from tests.test_faults import HOSTILE
 from worker.channels import idempotency_key
 
@@ -238,9 +237,9 @@ async def produce(bootstrap: str, run: Run, items: list[Item]) -> dict[tuple[int
         for item in items:
             if isinstance(item, Unreadable):
                 key, value = record(run.event(item.n))
-                batch = _python_batch(producer)
+                batch = python_batch(producer)
                 batch.append(
-                    timestamp=None, key=key, value=value, headers=[(_RawName(item.name), b"x")]
+                    timestamp=None, key=key, value=value, headers=[(RawHeaderName(item.name), b"x")]
                 )
                 meta = await (await producer.send_batch(batch, run.topic, partition=item.n % 2))
             elif isinstance(item, Valid):

@@ -15,9 +15,8 @@ from aiokafka import AIOKafkaProducer
 from structlog.testing import capture_logs
 
 from tests.conftest import MakeTopic, Produce, _free_port, read_topic
-from tests.factories import event, record
+from tests.factories import BAD_HEADERS, event, python_batch, record
 from tests.sinks import SmsSink, SmtpSink
-from tests.test_consumer_kafka import BAD_HEADERS, _python_batch
 from tests.test_pipeline_kafka import Env, deliver, events_named, wait_committed
 from worker.retry import RetryState
 
@@ -284,7 +283,7 @@ async def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_passe
     try:
         key, value = record(first)
         await (await producer.send(topic, value, key=key, partition=0))
-        batch = _python_batch(producer)
+        batch = python_batch(producer)
         batch.append(timestamp=None, key=b"SHP-3", value=b"{}", headers=BAD_HEADERS)
         await (await producer.send_batch(batch, topic, partition=0))
         key, value = record(second)
@@ -319,7 +318,7 @@ async def test_a_record_without_key_and_value_is_dead_lettered(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        batch = _python_batch(producer)  # aiokafka's send refuses a record without both
+        batch = python_batch(producer)  # aiokafka's send refuses a record without both
         batch.append(timestamp=None, key=None, value=None)
         await (await producer.send_batch(batch, topic, partition=0))
     finally:
