@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1.4
 # The worker as a container: `docker build -t shipment-notifier .` then
-# `docker run --env-file worker.env --stop-timeout 30 shipment-notifier` (configuration:
-# README.md). The stop timeout must exceed SHUTDOWN_TIMEOUT (25 s): Docker's default of 10 s
-# would kill the worker mid-drain (harmless for correctness, but redelivers more).
+# `docker run --env-file worker.env --stop-timeout 30 -v notifier-data:/var/lib/shipment-notifier
+# shipment-notifier` (configuration: README.md). The stop timeout must exceed SHUTDOWN_TIMEOUT
+# (25 s): Docker's default of 10 s kills the worker mid-drain, which loses nothing but
+# redelivers more. Where python:3.11-slim cannot be pulled, scripts/image builds an equivalent
+# base and passes it as BASE_IMAGE.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -12,13 +14,14 @@ COPY worker ./worker
 # wheels for the project and every runtime dependency; compilers, if any were needed, stay here
 RUN python -m pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TEMPLATES_DIR=/app/templates \
-    DATA_DIR=/var/lib/shipment-notifier
+    DATA_DIR=/var/lib/shipment-notifier \
+    METRICS_PORT=9464
 RUN groupadd --system --gid 10001 worker \
     && useradd --system --uid 10001 --gid worker --home-dir /app --shell /usr/sbin/nologin worker \
     && mkdir -p /app /var/lib/shipment-notifier \
@@ -30,8 +33,16 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && python -m pip uninstall -y pip setuptools wheel
 COPY --chown=root:root templates /app/templates
 WORKDIR /app
-USER worker
+# numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
+USER 10001:10001
 # the default SQLite dedup store lives here: mount a volume so it survives restarts
 VOLUME ["/var/lib/shipment-notifier"]
+# /metrics, /livez and /readyz
+EXPOSE 9464
+# the exec probe asks /livez on METRICS_PORT; the start period covers the render check and
+# joining the consumer group
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "worker", "health"]
+# SIGTERM stops fetching and drains in-flight work for up to SHUTDOWN_TIMEOUT, then exits 0
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "worker", "run"]
