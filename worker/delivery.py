@@ -40,11 +40,6 @@ from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_
 
 log = get_logger(__name__)
 
-SENT = ChannelOutcome.SENT
-DEFERRED = ChannelOutcome.DEFERRED
-DEAD_LETTERED = ChannelOutcome.DEAD_LETTERED
-STALE = ChannelOutcome.STALE
-
 
 class DeadLetters(Protocol):
     async def publish(
@@ -154,7 +149,7 @@ class Courier:
         planned = {d.channel for d in deliveries}
         for channel in record.pending:
             if channel not in planned:
-                await self._store.mark_done(event.event_id, channel, STALE)
+                await self._store.mark_done(event.event_id, channel, ChannelOutcome.STALE)
                 log.info("notification_skipped", channel=channel, reason="no_longer_planned")
         pending = [d for d in deliveries if d.channel in record.pending]
         results = await _concurrently(
@@ -176,7 +171,7 @@ class Courier:
     async def drop(self, event_id: str, channels: Iterable[str], reason: str) -> None:
         """The channels will not be sent: their news is outdated or no longer planned."""
         for channel in channels:
-            await self._store.mark_done(event_id, channel, STALE)
+            await self._store.mark_done(event_id, channel, ChannelOutcome.STALE)
             log.info("notification_stale_dropped", channel=channel, reason=reason)
 
     async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
@@ -214,9 +209,9 @@ class Courier:
         except Exception as exc:  # a bug, or an answer nobody foresaw: this channel ends here
             log.error("notification_crashed", channel=n.channel, to=n.to, exc_info=True)
             return await self._dead_letter(n, "internal_error", describe_exception(exc))
-        await self._store.mark_done(n.event_id, n.channel, SENT)
+        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.SENT)
         log.info("notification_sent", channel=n.channel, to=n.to)
-        return SENT
+        return ChannelOutcome.SENT
 
     def _compose(self, notification: Notification) -> Outgoing:
         event, delivery = notification.event, notification.delivery
@@ -273,7 +268,7 @@ class Courier:
             extra = [(headers.RETRY_HISTORY, history_text(failures).encode())]
             return await self._dead_letter(n, "retries_exhausted", error, extra)
         await self._retries.schedule(n.envelope, following, error)
-        await self._store.mark_done(n.event_id, n.channel, DEFERRED)
+        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEFERRED)
         log.warning(
             "notification_retry_scheduled",
             channel=n.channel,
@@ -282,7 +277,7 @@ class Courier:
             due_in=round(following.due - now, 3),
             error=error,
         )
-        return DEFERRED
+        return ChannelOutcome.DEFERRED
 
     async def _dead_letter(
         self,
@@ -295,11 +290,11 @@ class Courier:
         await self._dead_letters.publish(
             n.envelope, error_type, error, channel=n.channel, extra=extra
         )
-        await self._store.mark_done(n.event_id, n.channel, DEAD_LETTERED)
+        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEAD_LETTERED)
         log.error(
             "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
         )
-        return DEAD_LETTERED
+        return ChannelOutcome.DEAD_LETTERED
 
 
 def describe_exception(exc: BaseException) -> str:
