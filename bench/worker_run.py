@@ -128,6 +128,8 @@ def worker_env(target: Target, tuning: Tuning, data_dir: Path) -> dict[str, str]
         "DEDUP_URL": f"sqlite:///{data_dir / 'dedup.sqlite3'}",
         "LOG_FORMAT": "json",
         "SHUTDOWN_TIMEOUT": "10",
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": "0",  # a free port: never the one a worker beside the bench holds
     }
 
 

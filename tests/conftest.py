@@ -185,6 +185,9 @@ def worker_env(
             "SEND_RETRY_BASE": "0.05",
             "SHOP_NAME": "Test Shop",
             "LOG_LEVEL": "INFO",
+            # many workers run at once: each probe server on a free port of loopback
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": "0",
         }
         env.update(overrides)
         return env

@@ -448,5 +448,16 @@ async def test_redis_out_of_reach_raises_store_error() -> None:
             await store.load("e1", "s1")
         with pytest.raises(StoreError):
             await store.mark_done("e1", "email", ChannelOutcome.SENT)
+        with pytest.raises(StoreError):
+            await store.ping()
     finally:
         await store.close()
+
+
+async def test_a_store_that_answers_pings(open_fresh: OpenStore) -> None:
+    """``ping`` (the readiness check) returns for a store in working order, and leaves its
+    records alone."""
+    store = await open_fresh()
+    await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
+    await store.ping()
+    assert (await store.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")

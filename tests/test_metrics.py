@@ -33,16 +33,17 @@ def test_counters_are_scraped_with_their_labels() -> None:
     m = Metrics()
     m.record_handled("shipments", "notified")
     m.record_handled("shipments", "notified")
-    m.record_handled("shipments.retry", "dead_lettered")
+    m.record_handled("shipments.retry", "dead_lettered", "bad_retry_record")
     m.notification("sms", "skipped", "opted_out")
     m.notification("email", "deferred")
     m.dead_letter("undecodable")
     lines = scrape(m)
     assert "# TYPE shipment_notifier_records_handled_total counter" in lines
     assert [line for line in ours(lines) if "_total" in line] == [
-        'shipment_notifier_records_handled_total{outcome="notified",topic="shipments"} 2.0',
-        'shipment_notifier_records_handled_total{outcome="dead_lettered",topic="shipments.retry"}'
-        " 1.0",
+        'shipment_notifier_records_handled_total{outcome="notified",reason="",topic="shipments"}'
+        " 2.0",
+        "shipment_notifier_records_handled_total"
+        '{outcome="dead_lettered",reason="bad_retry_record",topic="shipments.retry"} 1.0',
         'shipment_notifier_notifications_total{channel="sms",outcome="skipped",reason="opted_out"}'
         " 1.0",
         'shipment_notifier_notifications_total{channel="email",outcome="deferred",reason=""} 1.0',
@@ -187,12 +188,13 @@ def test_a_failing_reader_drops_only_its_metric() -> None:
 
     m.watch_in_flight(broken)
     m.watch_retry_backlog(lambda: (4, None))
-    m.record_handled("shipments", "skipped")
+    m.record_handled("shipments", "skipped", "duplicate")
     lines = ours(scrape(m))
     assert "shipment_notifier_retry_records_waiting 4.0" in lines
-    assert 'shipment_notifier_records_handled_total{outcome="skipped",topic="shipments"} 1.0' in (
-        lines
-    )
+    assert (
+        "shipment_notifier_records_handled_total"
+        '{outcome="skipped",reason="duplicate",topic="shipments"} 1.0'
+    ) in lines
     assert not [line for line in lines if "records_in_flight" in line]
 
 

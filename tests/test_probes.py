@@ -236,8 +236,9 @@ async def test_metrics_are_served_as_prometheus_text(server: ProbeServer, parts:
     assert fields["Connection"] == "close"
     lines = body.decode().splitlines()
     assert (
-        'shipment_notifier_records_handled_total{outcome="notified",topic="shipments"} 1.0' in lines
-    )
+        'shipment_notifier_records_handled_total{outcome="notified",reason="",topic="shipments"}'
+        " 1.0"
+    ) in lines
 
 
 async def test_metrics_in_openmetrics_when_asked(server: ProbeServer) -> None:

@@ -1,5 +1,9 @@
 """Composition root: builds every part from the settings, runs the consumer, tears down in
-reverse order. Signal handlers only ask the consumer to stop."""
+reverse order. Signal handlers only ask the consumer to stop.
+
+The probe server (``/metrics``, ``/livez``, ``/readyz``) starts first and stops last, so an
+orchestrator sees a worker that is still starting as alive and not ready, and one that is
+stopping likewise; each readiness check fails until its part is built."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import signal
 import uuid
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from worker.channels import Sender
 from worker.channels.sms import TwilioSender, WebhookSender, http_client
@@ -20,8 +25,10 @@ from worker.dedup.store import StoreUnavailable
 from worker.delivery import Courier, InProcessRetry
 from worker.events import Shop
 from worker.logs import get_logger
+from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.preview import check
+from worker.probes import Check, Liveness, ProbeServer, Readiness
 from worker.render import Renderer
 from worker.retry import Backoff, RetryLimits
 from worker.settings import Settings, SmsProvider
@@ -73,7 +80,9 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
     return senders
 
 
-def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
+def build_store(
+    settings: Settings, stack: AsyncExitStack, metrics: Metrics | None = None
+) -> DedupStore:
     try:
         store = open_store(
             settings.dedup_url, settings.dedup.ttl_days * 86400, settings.dedup.key_prefix
@@ -81,7 +90,7 @@ def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
     except StoreUnavailable as exc:
         raise StartupError(f"DEDUP_URL: {exc}") from exc
     stack.push_async_callback(store.close)
-    return Resilient(store)
+    return Resilient(store, metrics=metrics)
 
 
 def build_pipeline(
@@ -90,6 +99,7 @@ def build_pipeline(
     renderer: Renderer,
     senders: dict[str, Sender],
     side: SideTopics,
+    metrics: Metrics | None = None,
 ) -> Pipeline:
     app, limits = settings.app, settings.retry
     courier = Courier(
@@ -104,6 +114,7 @@ def build_pipeline(
         ),
         owner=f"{app.worker_id}/{os.getpid()}-{uuid.uuid4().hex[:8]}",
         lease=app.claim_lease,
+        metrics=metrics,
     )
     return Pipeline(
         store=store,
@@ -113,7 +124,66 @@ def build_pipeline(
         dead_letters=side,
         locale_for=renderer.locale_for,
         retry_topic=side.retry_topic,
+        metrics=metrics,
     )
+
+
+@dataclass
+class Parts:
+    """The parts ``/readyz`` asks about, set as they are built: one not built yet is not
+    ready."""
+
+    renderer: Renderer | None = None
+    store: DedupStore | None = None
+    consumer: KeyOrderedConsumer | None = None
+
+    def checks(self) -> dict[str, Check]:
+        return {
+            "templates_loaded": self._templates_loaded,
+            "store_answers": self._store_answers,
+            "broker_reachable": self._broker_reachable,
+            "in_group": self._in_group,
+        }
+
+    async def _templates_loaded(self) -> bool:
+        return self.renderer is not None  # set once every template rendered with sample data
+
+    async def _store_answers(self) -> bool:
+        if self.store is None:
+            return False
+        await self.store.ping()
+        return True
+
+    async def _broker_reachable(self) -> bool:
+        return self.consumer is not None and await self.consumer.broker_reachable()
+
+    async def _in_group(self) -> bool:
+        return self.consumer is not None and self.consumer.in_group()
+
+
+async def serve_probes(
+    settings: Settings, stack: AsyncExitStack, metrics: Metrics, liveness: Liveness, parts: Parts
+) -> ProbeServer:
+    """The probe server, serving until ``stack`` closes; a port that cannot be listened on
+    stops start-up."""
+    app = settings.app
+    server = ProbeServer(
+        host=app.metrics_host,
+        port=app.metrics_port,
+        registry=metrics.registry,
+        liveness=liveness,
+        readiness=Readiness(parts.checks(), timeout=app.readiness_timeout),
+        timeout=app.readiness_timeout,
+    )
+    try:
+        await stack.enter_async_context(server)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(
+            f"METRICS_PORT: cannot listen on {app.metrics_host}:{app.metrics_port}: {why}"
+        ) from exc
+    log.info("probes_serving", host=app.metrics_host, port=server.port)
+    return server
 
 
 async def run(
@@ -125,20 +195,28 @@ async def run(
     """Run until SIGTERM/SIGINT (or until ``stop`` is set), then drain, commit and close
     everything in reverse order."""
     kafka_settings = settings.kafka
+    metrics = Metrics()
+    liveness = Liveness(
+        poll_ttl=settings.app.liveness_poll_ttl, record_ttl=settings.app.liveness_record_ttl
+    )
+    parts = Parts()
     async with AsyncExitStack() as stack:
-        renderer = checked_renderer(settings)
-        store = build_store(settings, stack)
+        probes = await serve_probes(settings, stack, metrics, liveness, parts)
+        renderer = parts.renderer = checked_renderer(settings)
+        store = parts.store = build_store(settings, stack, metrics)
         senders = build_senders(settings, stack)
         await ensure_side_topics(kafka_settings)
         producer = build_producer(kafka_settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        side = SideTopics(producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic)
-        pipeline = build_pipeline(settings, store, renderer, senders, side)
+        side = SideTopics(
+            producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic, metrics
+        )
+        pipeline = build_pipeline(settings, store, renderer, senders, side, metrics)
         kafka = build_consumer(kafka_settings)
         await kafka.start()
         stack.push_async_callback(kafka.stop)
-        consumer = KeyOrderedConsumer(
+        consumer = parts.consumer = KeyOrderedConsumer(
             kafka,
             pipeline.handle,
             topics=(kafka_settings.topic, side.retry_topic),
@@ -146,7 +224,11 @@ async def run(
             commit_interval=kafka_settings.commit_interval,
             drain_timeout=settings.app.shutdown_timeout,
             due_at=pipeline.due_at,
+            watch=liveness,
         )
+        metrics.watch_lag(consumer.lag)
+        metrics.watch_in_flight(consumer.in_flight)
+        metrics.watch_retry_backlog(lambda: consumer.retry_backlog(side.retry_topic))
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,6 +244,7 @@ async def run(
             retry_topic=side.retry_topic,
             group_id=kafka_settings.group_id,
             worker_id=settings.app.worker_id,
+            metrics_port=probes.port,
             channels=sorted(senders),
             dedup=settings.dedup_url.split(":", 1)[0],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],

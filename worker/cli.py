@@ -1,4 +1,4 @@
-"""Command line: ``python -m worker run|check|preview|schema|dlq``. Thin: parses arguments,
+"""Command line: ``python -m worker run|health|check|preview|schema|dlq``. Thin: parses arguments,
 loads the settings, calls into the package. Exit codes: 0 ok, 1 the command found a problem, 2 bad
 configuration or usage."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker import app, dlq, logs, preview
+from worker import app, dlq, logs, preview, probes
 from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.policy import CHANNELS, STATUSES
@@ -57,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="consume shipment events and send notifications")
     run.set_defaults(func=_run)
+
+    health = commands.add_parser(
+        "health",
+        help="ask a running worker's /livez (or /readyz): exit 0 when it answers 200, else 1",
+    )
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead of /livez")
+    health.add_argument(
+        "--host", help="the worker's address (default: METRICS_HOST, or loopback for 0.0.0.0)"
+    )
+    health.add_argument("--port", type=int, help="the probe port (default: METRICS_PORT)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    health.set_defaults(func=_health)
 
     check = commands.add_parser(
         "check", help="render every status x channel x locale with sample data; exit 1 on errors"
@@ -108,6 +120,19 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         log.critical("worker_failed", error=str(exc))
         return EXIT_PROBLEM
     return 0
+
+
+def _health(settings: Settings, args: argparse.Namespace) -> int:
+    """One line on stdout (what the worker answered, or why nothing was), for exec probes and
+    HEALTHCHECKs: exit 0 on a 200, 1 otherwise."""
+    host = args.host or settings.app.metrics_host
+    if host in ("0.0.0.0", "::", ""):  # a wildcard to listen on, not an address to ask
+        host = "127.0.0.1"
+    port = args.port or settings.app.metrics_port
+    path = "/readyz" if args.ready else "/livez"
+    ok, line = asyncio.run(probes.health(host, port, path, args.timeout))
+    print(line)
+    return 0 if ok else EXIT_PROBLEM
 
 
 def _tune_gc() -> None:

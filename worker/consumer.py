@@ -23,6 +23,10 @@ whose ``fault`` says why, without key, value or headers (out of reach through ai
 committed like any other once the handler has finished. Records after it in the same record
 batch cannot be parsed either, so each of them is handed on the same way.
 
+Watching: ``watch`` (``probes.Liveness``) hears of every poll and of each record's start and
+end, for ``/livez``; ``lag``, ``in_flight`` and ``retry_backlog`` are read when metrics are
+scraped, and ``in_group`` and ``broker_reachable`` by ``/readyz``.
+
 Fetch errors: a retriable ``KafkaError`` (or a failed CRC check, which aiokafka refetches) is
 logged and polled past with a growing delay; after ``FETCH_ERRORS_LIMIT`` seconds of them in a
 row, or on any other error (authorization, say), the consumer stops.
@@ -33,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import (
     CommitFailedError,
     CorruptRecordException,
@@ -55,6 +60,25 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Handler = Callable[[Envelope], Awaitable[object]]
 DueAt = Callable[[Envelope], float | None]
 OrderKey = tuple[TopicPartition | None, bytes | None]
+
+
+class Watch(Protocol):
+    """Hears of the fetch loop's polls and of each record's start and end (``probes.Liveness``)."""
+
+    def polled(self) -> None: ...
+    def started(self, key: Hashable) -> None: ...
+    def finished(self, key: Hashable) -> None: ...
+
+
+class _Unwatched:
+    def polled(self) -> None:
+        pass
+
+    def started(self, key: Hashable) -> None:
+        pass
+
+    def finished(self, key: Hashable) -> None:
+        pass
 
 
 class ConsumerFailed(Exception):
@@ -90,6 +114,7 @@ class KeyOrderedConsumer:
         commit_interval: float,
         drain_timeout: float,
         due_at: DueAt | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -107,6 +132,9 @@ class KeyOrderedConsumer:
         self._stopping = asyncio.Event()
         self._fetch_errors = _FetchErrors()
         self._next: dict[TopicPartition, int] = {}  # past the last record handed on (or seek)
+        self._watch = watch or _Unwatched()
+        # the time (POSIX s) each partition's first record not yet due was written: it waits
+        self._waiting_since: dict[TopicPartition, float] = {}
 
     def stop(self) -> None:
         """Ask ``run`` to stop fetching, drain and commit. Safe from a signal handler."""
@@ -132,7 +160,9 @@ class KeyOrderedConsumer:
 
     async def _fetch_until_stopped(self) -> None:
         while not self._stopping.is_set():
-            for tp, items in (await self._fetch()).items():
+            fetched = await self._fetch()
+            self._watch.polled()
+            for tp, items in fetched.items():
                 for item in items:
                     if self._wait_until_due(tp, item):
                         break
@@ -221,6 +251,7 @@ class KeyOrderedConsumer:
             return False
         self._consumer.pause(tp)
         self._seek(tp, record.offset)
+        self._waiting_since[tp] = record.timestamp if record.timestamp is not None else time.time()
         loop = asyncio.get_running_loop()
         self._resumes[tp] = loop.call_later(delay, self._resume, tp)
         return True
@@ -231,6 +262,7 @@ class KeyOrderedConsumer:
 
     def _resume(self, tp: TopicPartition) -> None:
         self._resumes.pop(tp, None)
+        self._waiting_since.pop(tp, None)
         if tp in self._marks:
             self._consumer.resume(tp)
 
@@ -261,7 +293,12 @@ class KeyOrderedConsumer:
                 await asyncio.wait({previous})
             if self._failure is not None:
                 return
-            await self._handler(record)
+            key = (record.topic, record.partition, record.offset)
+            self._watch.started(key)
+            try:
+                await self._handler(record)
+            finally:
+                self._watch.finished(key)
             mark.finish(record.offset)
         except asyncio.CancelledError:
             raise
@@ -329,6 +366,7 @@ class KeyOrderedConsumer:
             resume = self._resumes.pop(tp, None)
             if resume is not None:
                 resume.cancel()
+            self._waiting_since.pop(tp, None)
         await self._drain(list(revoked))
         await self._commit(revoking)
         for tp in revoked:
@@ -336,6 +374,54 @@ class KeyOrderedConsumer:
             self._tasks.pop(tp, None)
             self._next.pop(tp, None)
         log.info("partitions_revoked", partitions=sorted(_names(revoked)))
+
+    def lag(self) -> Iterator[tuple[str, int, int]]:
+        """(topic, partition, high watermark minus position) of each assigned partition the
+        broker has reported a high watermark for."""
+        for tp in list(self._marks):
+            highwater = self._highwater(tp)
+            position = self._next.get(tp)
+            if position is None:
+                position = _fetch_position(self._consumer, tp)
+            if highwater is not None and position is not None:
+                yield tp.topic, tp.partition, max(0, highwater - position)
+
+    def in_flight(self) -> int:
+        """Records handed to the handler and not yet finished."""
+        return sum(len(tasks) for tasks in self._tasks.values())
+
+    def retry_backlog(self, topic: str) -> tuple[int, float | None]:
+        """Records of ``topic`` not yet handled (they wait for their due time), and the time
+        the oldest of those that wait was written (None when none waits)."""
+        waiting = sum(lag for t, _, lag in self.lag() if t == topic)
+        since = [at for tp, at in self._waiting_since.items() if tp.topic == topic]
+        return waiting, min(since, default=None)
+
+    def in_group(self) -> bool:
+        """A member of the consumer group with a current assignment (no rebalance pending)."""
+        # aiokafka keeps the group state on its private coordinator: read, never changed
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        subscription = self._consumer._subscription.subscription
+        return bool(
+            coordinator is not None
+            and coordinator.coordinator_id is not None
+            and coordinator.generation > 0
+            and subscription is not None
+            and not coordinator.need_rejoin(subscription)
+        )
+
+    async def broker_reachable(self) -> bool:
+        """A broker answers a metadata request for the consumed topics."""
+        metadata = ClusterMetadata()
+        updated: bool = await self._consumer._client._metadata_update(metadata, self._topics)
+        return updated and all(metadata.partitions_for_topic(t) for t in self._topics)
+
+    def _highwater(self, tp: TopicPartition) -> int | None:
+        try:
+            highwater: int | None = self._consumer.highwater(tp)
+        except AssertionError:  # revoked since this scrape listed it
+            return None
+        return highwater
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
@@ -355,6 +441,19 @@ def envelope(record: Record) -> Envelope:
         headers=tuple(record.headers),
         timestamp=record.timestamp / 1000 if record.timestamp >= 0 else None,
     )
+
+
+def _fetch_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """Where fetching ``tp`` goes on, before any record of it was handed on: aiokafka's
+    ``position()`` is a coroutine that may reset offsets, so a scrape reads its state."""
+    assignment = consumer._subscription.subscription
+    if assignment is None or assignment.assignment is None:
+        return None
+    state = assignment.assignment.state_value(tp)
+    if state is None or not state.has_valid_position:
+        return None
+    position: int = state.position
+    return position
 
 
 _STEPS = 500  # records of one partition read one at a time after a record failed to decode

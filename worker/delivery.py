@@ -34,6 +34,7 @@ from worker.dedup.store import ChannelOutcome
 from worker.envelope import Envelope
 from worker.events import Event
 from worker.logs import get_logger, mask_email, mask_phone, terminal_text
+from worker.metrics import Metrics
 from worker.policy import Delivery
 from worker.render import Renderer, RenderError
 from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_text
@@ -103,6 +104,7 @@ class Courier:
         owner: str,
         lease: float,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._renderer = renderer
@@ -114,6 +116,7 @@ class Courier:
         self.owner = owner
         self.lease = lease
         self._clock = clock
+        self._metrics = metrics or Metrics()
 
     async def first(
         self, event: Event, envelope: Envelope, deliveries: tuple[Delivery, ...]
@@ -151,6 +154,7 @@ class Courier:
             if channel not in planned:
                 await self._store.mark_done(event.event_id, channel, ChannelOutcome.STALE)
                 log.info("notification_skipped", channel=channel, reason="no_longer_planned")
+                self._metrics.notification(channel, "skipped", "no_longer_planned")
         pending = [d for d in deliveries if d.channel in record.pending]
         results = await _concurrently(
             [self._claim_and_deliver(Notification(event, envelope, d)) for d in pending]
@@ -173,6 +177,10 @@ class Courier:
         for channel in channels:
             await self._store.mark_done(event_id, channel, ChannelOutcome.STALE)
             log.info("notification_stale_dropped", channel=channel, reason=reason)
+            if reason == "superseded":
+                self._metrics.notification(channel, "superseded")
+            else:
+                self._metrics.notification(channel, "skipped", reason)
 
     async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
         done = await self._claim(notification.event_id, notification.channel)
@@ -201,7 +209,7 @@ class Courier:
         n = notification
         tries = 1 if n.retry else 1 + self._in_process.attempts
         try:
-            await self._send(self._compose(n), n.to, tries)
+            took = await self._send(self._compose(n), n.to, tries)
         except PermanentDeliveryError as exc:
             return await self._dead_letter(n, "permanent", str(exc))
         except TransientDeliveryError as exc:
@@ -211,6 +219,7 @@ class Courier:
             return await self._dead_letter(n, "internal_error", describe_exception(exc))
         await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.SENT)
         log.info("notification_sent", channel=n.channel, to=n.to)
+        self._metrics.sent(n.channel, took, n.envelope.origin_timestamp())
         return ChannelOutcome.SENT
 
     def _compose(self, notification: Notification) -> Outgoing:
@@ -235,12 +244,13 @@ class Courier:
             html=html,
         )
 
-    async def _send(self, message: Outgoing, to: str, tries: int) -> None:
+    async def _send(self, message: Outgoing, to: str, tries: int) -> float:
+        """Send, retrying a transient failure up to ``tries`` times in all; the seconds the
+        accepted send took."""
         sender = self._senders[message.channel]
         for attempt in range(1, tries + 1):
             try:
-                await sender.send(message)
-                return
+                return await self._timed(sender, message)
             except TransientDeliveryError as exc:
                 if attempt == tries:
                     raise
@@ -256,6 +266,17 @@ class Courier:
                 await asyncio.sleep(delay)
                 # a slow provider must not let the claim lapse while we still own the send
                 await self._store.claim(message.event_id, message.channel, self.owner, self.lease)
+        raise AssertionError("tries must be at least 1")
+
+    async def _timed(self, sender: Sender, message: Outgoing) -> float:
+        """One send; the seconds it took, which are counted whether or not it was accepted."""
+        started = time.perf_counter()
+        try:
+            await sender.send(message)
+        except BaseException:  # refused, failed or cancelled
+            self._metrics.send_failed(message.channel, time.perf_counter() - started)
+            raise
+        return time.perf_counter() - started
 
     async def _defer(self, notification: Notification, error: str) -> ChannelOutcome:
         n, now = notification, self._clock()
@@ -269,6 +290,7 @@ class Courier:
             return await self._dead_letter(n, "retries_exhausted", error, extra)
         await self._retries.schedule(n.envelope, following, error)
         await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEFERRED)
+        self._metrics.notification(n.channel, "deferred")
         log.warning(
             "notification_retry_scheduled",
             channel=n.channel,
@@ -291,6 +313,7 @@ class Courier:
             n.envelope, error_type, error, channel=n.channel, extra=extra
         )
         await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEAD_LETTERED)
+        self._metrics.notification(n.channel, "dead_lettered", error_type)
         log.error(
             "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
         )

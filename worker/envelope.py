@@ -51,6 +51,14 @@ class Envelope:
             return self.topic, self.partition, self.offset
         return topic.decode("utf-8", "replace"), int(partition), int(offset)
 
+    def origin_timestamp(self) -> float | None:
+        """The timestamp (POSIX seconds) of the main-topic record this one stems from: its
+        own, unless it carries a well-formed ``original.timestamp`` header."""
+        value = self.header(headers.ORIGINAL_TIMESTAMP)
+        if value is None or not _OFFSET.match(value):
+            return self.timestamp
+        return int(value) / 1000
+
     @property
     def key_text(self) -> str | None:
         return self.key.decode("utf-8", "replace") if self.key is not None else None

@@ -15,6 +15,9 @@ ORIGINAL_TOPIC = "original.topic"
 ORIGINAL_PARTITION = "original.partition"
 ORIGINAL_OFFSET = "original.offset"
 ORIGIN = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET)
+# the main-topic record's timestamp (milliseconds since the epoch, as Kafka keeps it), when
+# it has one: the end-to-end delay of a retry is measured from it
+ORIGINAL_TIMESTAMP = "original.timestamp"
 # why a record is on the dead-letter topic
 ERROR_TYPE = "error.type"
 ERROR_MESSAGE = "error.message"

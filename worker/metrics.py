@@ -9,9 +9,11 @@ label set into one whose values are all ``other``, so a bug cannot grow a scrape
 
 Counted on the record path, through methods that take plain values:
 
-``records_handled_total{topic, outcome}``
+``records_handled_total{topic, outcome, reason}``
     records of the main and the retry topic that reached an outcome: ``notified``,
-    ``retrying``, ``skipped``, ``dead_lettered`` (``record_handled``).
+    ``retrying``, ``skipped``, ``dead_lettered`` (``record_handled``); ``reason`` is the rule
+    that skipped the record (``duplicate``, ``out_of_order``, ...) or the dead letter's
+    (``invalid_json``, ``delivery_failed``, ...), and empty otherwise.
 ``notifications_total{channel, outcome, reason}``
     what became of each channel of an event: ``sent`` (``sent``), or ``skipped``,
     ``deferred``, ``dead_lettered``, ``superseded`` (``notification``). ``reason`` is the
@@ -104,7 +106,7 @@ class Metrics:
     def __init__(self, *, wall_clock: Callable[[], float] = time.time) -> None:
         self._wall_clock = wall_clock
         self._build = {"version": _version(), "python_version": platform.python_version()}
-        self._handled = _Counters("records_handled", ("topic", "outcome"))
+        self._handled = _Counters("records_handled", ("topic", "outcome", "reason"))
         self._notifications = _Counters("notifications", ("channel", "outcome", "reason"))
         self._dead_letters = _Counters("dead_letters_published", ("reason",))
         self._send = _Histograms("send_duration_seconds", ("channel",), SEND_BUCKETS)
@@ -116,9 +118,10 @@ class Metrics:
         self.registry.register(self._scraped)
         ProcessCollector(registry=self.registry)
 
-    def record_handled(self, topic: str, outcome: str) -> None:
-        """A record of ``topic`` reached ``outcome`` (the pipeline's ``Outcome.kind``)."""
-        self._handled.inc((topic, outcome))
+    def record_handled(self, topic: str, outcome: str, reason: str = "") -> None:
+        """A record of ``topic`` reached ``outcome`` (the pipeline's ``Outcome``), skipped or
+        dead-lettered for ``reason``."""
+        self._handled.inc((topic, outcome, reason))
 
     def sent(self, channel: str, seconds: float, record_timestamp: float | None) -> None:
         """The provider accepted a notification after a send of ``seconds``; the delay is
@@ -323,7 +326,7 @@ def _version() -> str:
 
 
 _DOCS = {
-    "records_handled": "Records that reached an outcome, by topic and outcome.",
+    "records_handled": "Records that reached an outcome, by topic, outcome and reason.",
     "notifications": "Notifications by channel and outcome; reason names the rule or error.",
     "dead_letters_published": "Records published to the dead-letter topic, by reason.",
     "send_duration_seconds": "Duration of one send to the provider, accepted or not.",

@@ -30,6 +30,7 @@ from worker.delivery import Courier, DeadLetters, Notification, describe_excepti
 from worker.envelope import Envelope
 from worker.events import Event, InvalidEvent, decode
 from worker.logs import bind, get_logger
+from worker.metrics import Metrics
 from worker.policy import Delivery, plan
 
 log = get_logger(__name__)
@@ -56,6 +57,7 @@ class Pipeline:
         dead_letters: DeadLetters,
         locale_for: Callable[[str | None], str],
         retry_topic: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._courier = courier
@@ -64,6 +66,7 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._locale_for = locale_for
         self.retry_topic = retry_topic
+        self._metrics = metrics or Metrics()
 
     async def handle(self, envelope: Envelope) -> Outcome:
         """One record of the main or the retry topic, to its one logged outcome."""
@@ -79,6 +82,7 @@ class Pipeline:
             log.error("record_crashed", exc_info=True)
             outcome = await self._reject(envelope, "internal_error", describe_exception(exc))
         _log_outcome(outcome)
+        self._metrics.record_handled(envelope.topic, outcome.kind, outcome.reason)
         return outcome
 
     def due_at(self, envelope: Envelope) -> float | None:
@@ -137,6 +141,7 @@ class Pipeline:
         decided = plan(event, self._policy, self._channels)
         for skip in decided.skips:
             log.info("notification_skipped", channel=skip.channel, reason=skip.reason)
+            self._metrics.notification(skip.channel, "skipped", skip.reason)
         return _summarize(await self._courier.first(event, envelope, decided.deliveries))
 
     async def _retry(self, envelope: Envelope) -> Outcome:

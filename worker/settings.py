@@ -239,6 +239,16 @@ class AppSettings(_Section):
     claim_lease: PositiveFloat = 120.0
     # uvloop has no Windows build (pyproject installs it everywhere else)
     event_loop: EventLoop = EventLoop.ASYNCIO if sys.platform == "win32" else EventLoop.UVLOOP
+    # /metrics, /livez and /readyz (worker/probes.py); port 0 takes a free one, logged
+    metrics_host: str = Field("0.0.0.0", min_length=1)  # probes and scrapes come from outside
+    metrics_port: int = Field(9464, ge=0, lt=65536)
+    # /livez fails when the fetch loop has not polled for this long (it can wait for a full
+    # in-flight window or a partition's drain, up to SHUTDOWN_TIMEOUT) ...
+    liveness_poll_ttl: PositiveFloat = 300.0
+    # ... or when one record has been in flight for this long: far past its sends' timeouts
+    # and in-process retries (SMTP_TIMEOUT, SMS_TIMEOUT, SEND_RETRIES) and a claim's lease
+    liveness_record_ttl: PositiveFloat = 900.0
+    readiness_timeout: PositiveFloat = 5.0
 
     @field_validator("shop_url")
     @classmethod
@@ -254,6 +264,21 @@ class AppSettings(_Section):
     @model_validator(mode="after")
     def _policy_parses(self) -> AppSettings:
         parse_policy(self.notify_policy)
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_outlasts_waits(self) -> AppSettings:
+        if self.liveness_poll_ttl <= self.shutdown_timeout:
+            raise ValueError(
+                f"LIVENESS_POLL_TTL ({self.liveness_poll_ttl:g}) must exceed SHUTDOWN_TIMEOUT "
+                f"({self.shutdown_timeout:g}): the fetch loop waits up to that long for a "
+                "revoked partition's records, and /livez would restart a healthy worker"
+            )
+        if self.liveness_record_ttl <= self.claim_lease:
+            raise ValueError(
+                f"LIVENESS_RECORD_TTL ({self.liveness_record_ttl:g}) must exceed CLAIM_LEASE "
+                f"({self.claim_lease:g}): a record may wait that long for another worker's claim"
+            )
         return self
 
 

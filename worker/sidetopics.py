@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from worker import headers
 from worker.envelope import Envelope
 from worker.logs import get_logger
+from worker.metrics import Metrics
 from worker.retry import RetryState
 from worker.settings import KafkaSettings
 
@@ -37,12 +38,16 @@ def origin_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
     record carried are replaced, never passed on)."""
     topic, partition, offset = envelope.origin()
     kept = [(k, v) for k, v in envelope.headers if not headers.is_ours(k)]
-    return [
+    origin = [
         *kept,
         (headers.ORIGINAL_TOPIC, topic.encode()),
         (headers.ORIGINAL_PARTITION, str(partition).encode()),
         (headers.ORIGINAL_OFFSET, str(offset).encode()),
     ]
+    timestamp = envelope.origin_timestamp()
+    if timestamp is not None:
+        origin.append((headers.ORIGINAL_TIMESTAMP, str(round(timestamp * 1000)).encode()))
+    return origin
 
 
 def dead_letter_headers(
@@ -64,10 +69,17 @@ def dead_letter_headers(
 class SideTopics:
     """The dead-letter and retry publishers of one worker, sharing one idempotent producer."""
 
-    def __init__(self, producer: AIOKafkaProducer, dead_letter_topic: str, retry_topic: str):
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        dead_letter_topic: str,
+        retry_topic: str,
+        metrics: Metrics | None = None,
+    ):
         self._producer = producer
         self.dead_letter_topic = dead_letter_topic
         self.retry_topic = retry_topic
+        self._metrics = metrics or Metrics()
 
     async def publish(
         self,
@@ -82,6 +94,7 @@ class SideTopics:
             envelope,
             dead_letter_headers(envelope, error_type, message, channel, extra),
         )
+        self._metrics.dead_letter(error_type)
 
     async def schedule(self, envelope: Envelope, state: RetryState, error: str) -> None:
         message = (headers.ERROR_MESSAGE, headers.text(error))

@@ -209,6 +209,10 @@ class RedisStore:
     async def reopen(self, event_id: str, channel: str) -> None:
         await self._redis.hdel(self._event_key(event_id), f"done:{channel}")
 
+    @_passing_as_store_error
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     async def close(self) -> None:
         await self._redis.aclose()
 

@@ -12,6 +12,7 @@ redelivered). The delay doubles from ``first_delay`` up to ``max_delay``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from worker.dedup.store import (
     StoreError,
 )
 from worker.logs import get_logger
+from worker.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -31,12 +33,20 @@ _T = TypeVar("_T")
 
 
 class Resilient:
-    """``store``, with each call retried through ``StoreError``: see the module docstring."""
+    """``store``, with each call retried through ``StoreError``: see the module docstring.
+    Each try is timed into ``metrics`` (``store_call_duration_seconds``)."""
 
-    def __init__(self, store: DedupStore, first_delay: float = 0.05, max_delay: float = 5.0):
+    def __init__(
+        self,
+        store: DedupStore,
+        first_delay: float = 0.05,
+        max_delay: float = 5.0,
+        metrics: Metrics | None = None,
+    ):
         self._store = store
         self._first_delay = first_delay
         self._max_delay = max_delay
+        self._metrics = metrics or Metrics()
 
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
         return await self._until_done("load", lambda: self._store.load(event_id, shipment_id))
@@ -68,12 +78,16 @@ class Resilient:
     async def reopen(self, event_id: str, channel: str) -> None:
         await self._until_done("reopen", lambda: self._store.reopen(event_id, channel))
 
+    async def ping(self) -> None:
+        """The store's own answer, not waited out: a readiness check asks how it is now."""
+        await self._store.ping()
+
     async def close(self) -> None:
         await self._store.close()
 
     async def _until_done(self, name: str, call: Callable[[], Awaitable[_T]]) -> _T:
         try:
-            return await call()
+            return await self._timed(name, call)
         except StoreError as exc:
             error = exc
         delay, attempt = self._first_delay, 1
@@ -83,10 +97,17 @@ class Resilient:
             )
             await asyncio.sleep(delay)
             try:
-                result = await call()
+                result = await self._timed(name, call)
             except StoreError as exc:
                 error = exc
             else:
                 log.info("store_recovered", call=name, attempts=attempt + 1)
                 return result
             delay, attempt = min(delay * 2, self._max_delay), attempt + 1
+
+    async def _timed(self, name: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        started = time.perf_counter()
+        try:
+            return await call()
+        finally:
+            self._metrics.store_call(name, time.perf_counter() - started)

@@ -248,6 +248,10 @@ class SqliteStore:
             if not waiter.done():  # a cancelled waiter's write is committed all the same
                 waiter.set_result(None)
 
+    async def ping(self) -> None:
+        with _operational():
+            self._db.execute("SELECT 1").fetchone()
+
     async def close(self) -> None:
         if self._closed:
             return

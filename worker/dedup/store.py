@@ -116,6 +116,10 @@ class DedupStore(Protocol):
     async def reopen(self, event_id: str, channel: str) -> None:
         """Forget a channel's outcome, so a replayed event sends it again."""
 
+    async def ping(self) -> None:
+        """Return when the store answers; raise ``StoreError`` when it does not (for
+        ``/readyz``: never retried)."""
+
     async def close(self) -> None: ...
 
 
