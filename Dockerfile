@@ -20,7 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TEMPLATES_DIR=/app/templates \
-    DATA_DIR=/var/lib/shipment-notifier
+    DATA_DIR=/var/lib/shipment-notifier \
+    METRICS_PORT=9464
 RUN groupadd --system --gid 10001 worker \
     && useradd --system --uid 10001 --gid worker --home-dir /app --shell /usr/sbin/nologin worker \
     && mkdir -p /app /var/lib/shipment-notifier \
@@ -36,6 +37,12 @@ WORKDIR /app
 USER 10001:10001
 # the default SQLite dedup store lives here: mount a volume so it survives restarts
 VOLUME ["/var/lib/shipment-notifier"]
+# /metrics, /livez and /readyz
+EXPOSE 9464
+# the exec probe asks /livez on METRICS_PORT; the start period covers the render check and
+# joining the consumer group
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "worker", "health"]
 # SIGTERM stops fetching and drains in-flight work for up to SHUTDOWN_TIMEOUT, then exits 0
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "worker", "run"]
