@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from tests.factories import event, record
@@ -24,6 +25,7 @@ from worker.dedup.store import ChannelOutcome, StoreError
 from worker.delivery import Courier, InProcessRetry
 from worker.envelope import Envelope
 from worker.events import Shop
+from worker.metrics import Metrics
 from worker.pipeline import Outcome, Pipeline
 from worker.policy import DEFAULT_POLICY
 from worker.render import Renderer
@@ -139,7 +141,11 @@ class Rig:
         return await self.pipeline.handle(published.as_record(self.offsets))
 
 
-def rig(store: MemoryStore | None = None, clock: Callable[[], float] | None = None) -> Rig:
+def rig(
+    store: MemoryStore | None = None,
+    clock: Callable[[], float] | None = None,
+    metrics: Metrics | None = None,
+) -> Rig:
     store = store or MemoryStore(3600)
     email, sms, side = FakeSender(), FakeSender(), FakeSideTopics()
     renderer = Renderer(TEMPLATES, "en", Shop(name="Test Shop"))
@@ -154,6 +160,7 @@ def rig(store: MemoryStore | None = None, clock: Callable[[], float] | None = No
         owner="test/1",
         lease=60,
         **({"clock": clock} if clock else {}),
+        metrics=metrics,
     )
     pipeline = Pipeline(
         store=Resilient(store, first_delay=0.001),
@@ -163,6 +170,7 @@ def rig(store: MemoryStore | None = None, clock: Callable[[], float] | None = No
         dead_letters=side,
         locale_for=renderer.locale_for,
         retry_topic=RETRY_TOPIC,
+        metrics=metrics,
     )
     return Rig(pipeline, store, email, sms, side)
 
@@ -374,3 +382,31 @@ async def test_retries_run_out_into_the_dead_letter_topic_with_their_history() -
     history = json.loads(letter.header(headers.RETRY_HISTORY) or b"")
     assert [h["error"] for h in history] == [f"SMTP 451 try {i}" for i in (1, 2, 3, 4)]
     assert (await r.store.load("e1", "SHP-1")).event.done == {"email": ChannelOutcome.DEAD_LETTERED}  # type: ignore[union-attr]
+
+
+async def test_a_retry_measures_its_delay_from_the_original_record() -> None:
+    """The email fails in process and goes to the retry topic; its retry record (written
+    later, with a timestamp of its own) is sent: the end-to-end delay counts from the main
+    record's timestamp, which the retry carries in ``original.timestamp``."""
+    metrics = Metrics(wall_clock=lambda: 1_000_100.0)
+    r = rig(metrics=metrics)
+    r.email.failures += [TransientDeliveryError("451 busy")] * 2
+    deferred = await r.main(event("e1", "order_confirmed"), timestamp=1_000_000.0)
+    assert deferred == Outcome("retrying", deferred=("email",))
+    (retry,) = r.side.on(RETRY_TOPIC)
+    assert retry.header(headers.ORIGINAL_TIMESTAMP) == b"1000000000"
+    later = replace(retry.as_record(9), timestamp=1_000_090.0)
+    assert await r.pipeline.handle(later) == Outcome("notified", sent=("email",))
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    assert 'shipment_notifier_end_to_end_delay_seconds_sum{channel="email"} 100.0' in lines
+    assert 'shipment_notifier_end_to_end_delay_seconds_count{channel="email"} 1.0' in lines
+    assert 'shipment_notifier_send_duration_seconds_count{channel="email"} 3.0' in lines
+
+
+def test_a_forged_or_malformed_original_timestamp_is_not_read() -> None:
+    """Only digits are a timestamp; anything else leaves the record's own."""
+    base = Envelope(RETRY_TOPIC, 0, 1, b"k", b"v", timestamp=5.0)
+    for value in (b"-1", b"1e9", b"", b"12 ", b"\xff"):
+        forged = replace(base, headers=((headers.ORIGINAL_TIMESTAMP, value),))
+        assert forged.origin_timestamp() == 5.0
+    assert replace(base, headers=((headers.ORIGINAL_TIMESTAMP, b"2500"),)).origin_timestamp() == 2.5
