@@ -129,7 +129,7 @@ def _health(settings: Settings, args: argparse.Namespace) -> int:
     if host in ("0.0.0.0", "::", ""):  # a wildcard to listen on, not an address to ask
         host = "127.0.0.1"
     port = args.port or settings.app.metrics_port
-    path = "/readyz" if args.ready else "/livez"
+    path = probes.READYZ_PATH if args.ready else probes.LIVEZ_PATH
     ok, line = asyncio.run(probes.health(host, port, path, args.timeout))
     print(line)
     return 0 if ok else EXIT_PROBLEM

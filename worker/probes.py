@@ -53,6 +53,8 @@ MAX_REQUEST_HEAD = 8192
 MAX_CONNECTIONS = 32
 MAX_ANSWER = 65536  # what ``health`` reads of an answer: a probe's body is a few lines
 
+METRICS_PATH, LIVEZ_PATH, READYZ_PATH = "/metrics", "/livez", "/readyz"
+
 Check = Callable[[], Awaitable[bool]]
 JSON = "application/json"
 
@@ -235,11 +237,11 @@ class ProbeServer:
         return _response(status, body, content_type, head_only=request.method == "HEAD")
 
     async def _route(self, request: _Request) -> tuple[HTTPStatus, bytes, str]:
-        if request.path == "/metrics":
+        if request.path == METRICS_PATH:
             return self._metrics(request.accept)
-        if request.path == "/livez":
+        if request.path == LIVEZ_PATH:
             verdict = self._liveness.check()
-        elif request.path == "/readyz":
+        elif request.path == READYZ_PATH:
             verdict = await self._readiness.check()
         else:
             return HTTPStatus.NOT_FOUND, b"", "text/plain"
