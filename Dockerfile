@@ -12,7 +12,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 # wheels for the project and every runtime dependency; compilers, if any were needed, stay here
-RUN python -m pip wheel --wheel-dir /wheels .
+RUN python -m pip wheel --wheel-dir /wheels . \
+    && cd /wheels && sha256sum -- *.whl > /wheels.sha256
 
 FROM ${BASE_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,6 +27,9 @@ RUN groupadd --system --gid 10001 worker \
     && useradd --system --uid 10001 --gid worker --home-dir /app --shell /usr/sbin/nologin worker \
     && mkdir -p /app /var/lib/shipment-notifier \
     && chown worker:worker /var/lib/shipment-notifier
+# the wheels' checksums: a RUN's cache does not look into what it mounts, so without a file
+# that changes with the wheels a rebuild would keep the previous build's packages
+COPY --from=build /wheels.sha256 /usr/local/share/shipment-notifier/wheels.sha256
 # install from the build stage's wheels without copying them into a layer, then drop the
 # packaging tools the worker does not need at run time
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
