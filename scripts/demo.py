@@ -2,7 +2,8 @@
 
 Starts a local Kafka broker (scripts/kafka), the SMTP and SMS catchers (tests/sinks.py, writing
 into ``out/demo``), publishes ``samples/events.jsonl``, runs ``python -m worker run`` until
-every record is committed, stops everything and prints a summary. Run it with ``scripts/demo``.
+every record is committed, saves a scrape of its ``/metrics`` (``out/demo/metrics.txt``), stops
+everything and prints a summary. Run it with ``scripts/demo``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -82,7 +84,9 @@ def wait_until_committed(bootstrap: str, records: int, timeout: float) -> bool:
     return False
 
 
-def worker_env(bootstrap: str, out: Path, smtp_port: int, sms_port: int) -> dict[str, str]:
+def worker_env(
+    bootstrap: str, out: Path, smtp_port: int, sms_port: int, metrics_port: int
+) -> dict[str, str]:
     return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -96,8 +100,22 @@ def worker_env(bootstrap: str, out: Path, smtp_port: int, sms_port: int) -> dict
         "SMS_WEBHOOK_URL": f"http://127.0.0.1:{sms_port}/sms",
         "DEDUP_URL": f"sqlite:///{out / 'dedup.sqlite3'}",
         "SHOP_NAME": "Cửa hàng Sen",
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": str(metrics_port),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
     }
+
+
+def save_metrics(port: int, out: Path) -> None:
+    """The worker's /metrics as it stands, into ``out/metrics.txt``; its notification counts
+    printed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    (out / "metrics.txt").write_text(text, encoding="utf-8")
+    print(f"\nmetrics scraped into {out / 'metrics.txt'}; notifications by outcome:")
+    for line in text.splitlines():
+        if line.startswith("shipment_notifier_notifications_total{"):
+            print(f"  {line}")
 
 
 def summarize(out: Path, log: Path) -> tuple[int, int]:
@@ -127,15 +145,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
     parser.add_argument("--smtp-port", type=int, default=2525)
     parser.add_argument("--sms-port", type=int, default=8025)
+    parser.add_argument("--metrics-port", type=int, default=9464)
     args = parser.parse_args()
     out: Path = args.out.resolve()
     kafka_state = out / "kafka"
     stop_kafka(kafka_state)  # a broker left by an interrupted run, before its folder goes
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    for port in (args.smtp_port, args.sms_port):
+    for port in (args.smtp_port, args.sms_port, args.metrics_port):
         if listening(port):
-            sys.exit(f"port {port} is taken; pass --smtp-port/--sms-port with free ones")
+            sys.exit(
+                f"port {port} is taken; pass --smtp-port/--sms-port/--metrics-port with free ones"
+            )
 
     print("starting Kafka ...", flush=True)
     bootstrap = start_kafka(kafka_state)
@@ -170,7 +191,7 @@ def main() -> None:
             ],
             check=True,
         )
-        env = worker_env(bootstrap, out, args.smtp_port, args.sms_port)
+        env = worker_env(bootstrap, out, args.smtp_port, args.sms_port, args.metrics_port)
         env["LOG_FORMAT"] = "json"
         with log.open("w") as log_file:
             worker = subprocess.Popen(
@@ -180,6 +201,8 @@ def main() -> None:
                 f"worker running (pid {worker.pid}), waiting for {records} records ...", flush=True
             )
             done = wait_until_committed(bootstrap, records, timeout=120)
+            if done:
+                save_metrics(args.metrics_port, out)
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(30)
         emails, texts = summarize(out, log)
