@@ -4,6 +4,7 @@ health command exists, and the grace periods outlast the drain."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -11,9 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker import probes
 from worker.cli import _parser
+from worker.metrics import Metrics
 from worker.settings import _SECTIONS, AppSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +160,32 @@ def test_the_store_volume_is_the_data_dir() -> None:
     data_dir = dockerfile_env()["DATA_DIR"]
     assert re.search(rf'^VOLUME \["{re.escape(data_dir)}"\]$', dockerfile(), re.M)
     assert f"notifier-data:{data_dir}" in compose_worker()["volumes"]
+
+
+def served_sample_names() -> set[str]:
+    """Every sample name a worker's scrape holds once each metric has a value."""
+    m = Metrics()
+    m.record_handled("t", "notified")
+    m.sent("email", 0.1, 0.0)
+    m.dead_letter("schema")
+    m.store_call("load", 0.001)
+    m.watch_lag(lambda: [("t", 0, 1)])
+    m.watch_in_flight(lambda: 1)
+    m.watch_retry_backlog(lambda: (1, 0.0))
+    return {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(m.registry).decode())
+        for sample in family.samples
+    }
+
+
+def test_the_dashboard_and_the_alerts_use_metrics_the_worker_serves() -> None:
+    """Each shipment_notifier_* name in the Grafana dashboard's queries and in the alerts of
+    docs/operations.md is one a scrape holds."""
+    dashboard = json.loads((ROOT / "deploy/grafana/shipment-notifier.json").read_text("utf-8"))
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    operations = (ROOT / "docs/operations.md").read_text(encoding="utf-8")
+    alerts = operations.split("## Alerts", 1)[1].split("\n## ", 1)[0]
+    used = set(re.findall(r"shipment_notifier_[a-z_]+", "\n".join([*queries, alerts])))
+    assert len(used) >= 8
+    assert used <= served_sample_names(), used - served_sample_names()
