@@ -227,6 +227,10 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("EMAIL_REPLY_TO", "Shop <no-reply@shop.example\x1b>"),
         ("DEDUP_URL", "postgres://db/notify"),
         ("EVENT_LOOP", "trio"),
+        ("METRICS_PORT", "65536"),
+        ("METRICS_PORT", "-1"),
+        ("LIVENESS_RECORD_TTL", "0"),
+        ("READINESS_TIMEOUT", "soon"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_its_variable(
@@ -426,3 +430,14 @@ def test_plain_mailbox_holds_an_address_to_the_mail_builders_rules(address: str)
             plain_mailbox(address)
         return
     assert plain_mailbox(address) == builders == address
+
+
+def test_liveness_ttls_must_outlast_the_waits_they_allow(env: SetEnv) -> None:
+    """A poll TTL within SHUTDOWN_TIMEOUT, or a record TTL within CLAIM_LEASE, would have
+    /livez restart a healthy worker: start-up refuses them, naming both variables."""
+    (poll,) = problems_of(env, LIVENESS_POLL_TTL="20", SHUTDOWN_TIMEOUT="25")
+    assert poll.startswith("LIVENESS_POLL_TTL (20) must exceed SHUTDOWN_TIMEOUT (25)")
+    (record,) = problems_of(
+        env, LIVENESS_POLL_TTL="300", LIVENESS_RECORD_TTL="60", CLAIM_LEASE="120"
+    )
+    assert record.startswith("LIVENESS_RECORD_TTL (60) must exceed CLAIM_LEASE (120)")
