@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from tests.factories import event, record
 from worker import headers
 from worker.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from worker.cloudevents import Decoder
 from worker.dedup import ShipmentState
 from worker.dedup.memory import MemoryStore
 from worker.dedup.resilient import Resilient
@@ -163,6 +164,7 @@ def rig(store: MemoryStore | None = None, clock: Callable[[], float] | None = No
         dead_letters=side,
         locale_for=renderer.locale_for,
         retry_topic=RETRY_TOPIC,
+        decode=Decoder(),
     )
     return Rig(pipeline, store, email, sms, side)
 

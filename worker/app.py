@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from worker.channels import Sender
 from worker.channels.sms import TwilioSender, WebhookSender, http_client
 from worker.channels.smtp import SmtpSender
+from worker.cloudevents import AcceptedTypes, Decoder
 from worker.consumer import KeyOrderedConsumer, build_consumer
 from worker.dedup import DedupStore, open_store
 from worker.dedup.resilient import Resilient
@@ -113,6 +114,7 @@ def build_pipeline(
         dead_letters=side,
         locale_for=renderer.locale_for,
         retry_topic=side.retry_topic,
+        decode=Decoder(AcceptedTypes(app.cloudevents_types)),
     )
 
 
