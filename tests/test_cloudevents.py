@@ -16,9 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.factories import event
-from worker.cloudevents import BAD_CLOUDEVENT, UNEXPECTED_TYPE, AcceptedTypes, Decoder
+from worker.cloudevents import (
+    BAD_CLOUDEVENT,
+    DEFAULT_TYPES,
+    UNEXPECTED_TYPE,
+    AcceptedTypes,
+    Decoder,
+)
 from worker.envelope import Envelope
 from worker.events import Event, InvalidEvent, decode
+from worker.settings import AppSettings, ConfigError, load_settings
 
 TYPE = "shipment.status.changed"
 CE_TIME = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
@@ -265,3 +272,25 @@ def test_any_header_bytes_give_an_event_or_a_reason_never_an_exception(
     an Event or an InvalidEvent: it never raises."""
     got = decoder(raw(value, *BINARY, *headers))
     assert isinstance(got, Event | InvalidEvent)
+
+
+def test_cloudevents_types_is_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLOUDEVENTS_TYPES lists names and patterns separated by commas; unset, the default."""
+    monkeypatch.delenv("CLOUDEVENTS_TYPES", raising=False)
+    assert AppSettings().cloudevents_types == DEFAULT_TYPES == ("shipment.status.changed",)
+    monkeypatch.setenv("CLOUDEVENTS_TYPES", " com.shop.a , com.shop.b.*,")
+    assert AppSettings().cloudevents_types == ("com.shop.a", "com.shop.b.*")
+
+
+def test_cloudevents_types_without_a_type_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty CLOUDEVENTS_TYPES would refuse every CloudEvent: it is a configuration error,
+    one line naming the variable."""
+    monkeypatch.setenv("CLOUDEVENTS_TYPES", " , ")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert (
+        "CLOUDEVENTS_TYPES: must name at least one CloudEvent type, e.g. shipment.status.changed "
+        "(got ' , ')"
+    ) in error.value.problems
