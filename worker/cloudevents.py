@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from worker import events
 from worker.envelope import Envelope
@@ -78,11 +85,13 @@ class Attributes(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, title="CloudEventAttributes")
 
-    specversion: Annotated[str, AfterValidator(_version_one)]
+    specversion: Annotated[str, AfterValidator(_version_one)] = Field(
+        json_schema_extra={"const": SPECVERSION}
+    )
     id: NonEmpty
     source: NonEmpty
     type: NonEmpty
-    time: TimestampText | None = None
+    time: TimestampText | None = Field(None, json_schema_extra={"format": "date-time"})
     datacontenttype: NonEmpty | None = None
     subject: NonEmpty | None = None
 
@@ -105,7 +114,7 @@ class Decoder:
         fields = _binary_fields(envelope.headers)
         if isinstance(fields, InvalidEvent):
             return fields
-        attributes = self._checked(fields, "binary CloudEvent", _header_name)
+        attributes = self._checked(fields, "binary CloudEvent", header_name)
         if isinstance(attributes, InvalidEvent):
             return attributes
         data = events.read_json(envelope.value)
@@ -152,7 +161,7 @@ class Decoder:
         return attributes
 
 
-def _header_name(attribute: str) -> str:
+def header_name(attribute: str) -> str:
     return CONTENT_TYPE if attribute == "datacontenttype" else HEADER_PREFIX + attribute
 
 
