@@ -157,3 +157,30 @@ async def test_unexpected_or_malformed_cloudevents_are_dead_lettered_with_the_re
     assert dict(letters[0].headers)["ce_type"] == b"com.example.order.paid"
     assert dict(letters[2].headers)["ce_id"] == b"\xffce-3"
     assert letters[1].value == old_value
+
+
+async def test_a_binary_cloudevent_retried_through_the_retry_topic_arrives_once(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Env,
+    run_worker: Any,
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+) -> None:
+    """An email of a binary-mode CloudEvent refused once with a 451 goes to the retry topic
+    with its ce_* headers, is read there as the same CloudEvent, and arrives once."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic, SEND_RETRIES="0", RETRY_BASE_DELAY="0.2", RETRY_MAX_DELAY="0.5")
+    smtp_sink.faults.count, smtp_sink.faults.reply = 1, "451 4.3.0 try again later"
+    with capture_logs(processors=[merge_context]) as logs:
+        async with run_worker(env):
+            await publish(produce, topic, kafka.to_binary_event(cloudevent("ce-1", "shipped")))
+            await smtp_sink.wait_for(1)
+            await wait_committed(kafka_bootstrap, env, {0: 1})
+    (retried,) = await read_topic(kafka_bootstrap, f"{topic}.retry", 1)
+    assert dict(retried.headers)["ce_id"] == b"ce-1"
+    assert dict(retried.headers)["retry.channel"] == b"email"
+    assert [m.rcpt_tos[0] for m in smtp_sink.messages] == ["an@example.com"]
+    notified = events_named(logs, "event_notified")
+    assert [(e["event_id"], e["topic"]) for e in notified] == [("ce-1", f"{topic}.retry")]
