@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from tests.factories import event, record
 from worker import headers
 from worker.channels import Outgoing, PermanentDeliveryError, TransientDeliveryError
+from worker.cloudevents import Decoder
 from worker.dedup import ShipmentState
 from worker.dedup.memory import MemoryStore
 from worker.dedup.resilient import Resilient
@@ -171,6 +172,7 @@ def rig(
         locale_for=renderer.locale_for,
         retry_topic=RETRY_TOPIC,
         metrics=metrics,
+        decode=Decoder(),
     )
     return Rig(pipeline, store, email, sms, side)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from worker.channels import Sender
 from worker.channels.sms import TwilioSender, WebhookSender, http_client
 from worker.channels.smtp import SmtpSender
+from worker.cloudevents import AcceptedTypes, Decoder
 from worker.consumer import KeyOrderedConsumer, build_consumer
 from worker.dedup import DedupStore, open_store
 from worker.dedup.resilient import Resilient
@@ -125,6 +126,7 @@ def build_pipeline(
         locale_for=renderer.locale_for,
         retry_topic=side.retry_topic,
         metrics=metrics,
+        decode=Decoder(AcceptedTypes(app.cloudevents_types)),
     )
 
 

@@ -1,6 +1,6 @@
-"""Command line: ``python -m worker run|health|check|preview|schema|dlq``. Thin: parses arguments,
-loads the settings, calls into the package. Exit codes: 0 ok, 1 the command found a problem, 2 bad
-configuration or usage."""
+"""Command line: ``python -m worker run|health|check|preview|schema|asyncapi|dlq``. Thin: parses
+arguments, loads the settings, calls into the package. Exit codes: 0 ok, 1 the command found a
+problem, 2 bad configuration or usage."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker import app, dlq, logs, preview, probes
+from worker import app, asyncapi, dlq, logs, preview, probes
 from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.policy import CHANNELS, STATUSES
@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the event JSON Schema")
     schema.set_defaults(func=_schema)
+    contract = commands.add_parser("asyncapi", help="print the topics' AsyncAPI 3.0 document")
+    contract.set_defaults(func=_asyncapi)
 
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter topic")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -222,4 +224,9 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def _schema(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(Event.model_json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _asyncapi(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(asyncapi.document(), indent=2, ensure_ascii=False))
     return 0

@@ -23,12 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from worker import headers, logs, retry
+from worker.cloudevents import Decoder
 from worker.dedup import DedupStore, ShipmentState
 from worker.dedup.rules import skip_reason
 from worker.dedup.store import CLAIMABLE, ChannelOutcome
 from worker.delivery import Courier, DeadLetters, Notification, describe_exception
 from worker.envelope import Envelope
-from worker.events import Event, InvalidEvent, decode
+from worker.events import Event, InvalidEvent
 from worker.logs import bind, get_logger
 from worker.metrics import Metrics
 from worker.policy import Delivery, plan
@@ -58,7 +59,9 @@ class Pipeline:
         locale_for: Callable[[str | None], str],
         retry_topic: str,
         metrics: Metrics | None = None,
+        decode: Decoder,
     ) -> None:
+        self._decode = decode
         self._store = store
         self._courier = courier
         self._policy = policy
@@ -99,7 +102,7 @@ class Pipeline:
         return await self._main(envelope.from_producer())
 
     async def _decoded(self, envelope: Envelope) -> Event | Outcome:
-        decoded = decode(envelope.value)
+        decoded = self._decode(envelope)
         if isinstance(decoded, InvalidEvent):
             return await self._reject(envelope, decoded.kind, decoded.message)
         bind(

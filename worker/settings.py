@@ -24,9 +24,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.addresses import http_url, plain_mailbox
+from worker.cloudevents import DEFAULT_TYPES
 from worker.policy import parse_policy
 
 
@@ -249,6 +250,19 @@ class AppSettings(_Section):
     # and in-process retries (SMTP_TIMEOUT, SMS_TIMEOUT, SEND_RETRIES) and a claim's lease
     liveness_record_ttl: PositiveFloat = 900.0
     readiness_timeout: PositiveFloat = 5.0
+    # the CloudEvent types taken from the topics (worker/cloudevents.py): comma-separated
+    # names or shell-style patterns; other types are dead-lettered as unexpected_ce_type
+    cloudevents_types: Annotated[tuple[str, ...], NoDecode] = DEFAULT_TYPES
+
+    @field_validator("cloudevents_types", mode="before")
+    @classmethod
+    def _type_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        types = tuple(t.strip() for t in value.split(",") if t.strip())
+        if not types:
+            raise ValueError("must name at least one CloudEvent type, e.g. shipment.status.changed")
+        return types
 
     @field_validator("shop_url")
     @classmethod
