@@ -73,15 +73,18 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
     return senders
 
 
-def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
+async def build_store(settings: Settings, stack: AsyncExitStack) -> DedupStore:
+    """The store, checked: one that refuses the worker (a SQLite file held by another, a
+    Redis refusing the credentials or the TLS) stops start-up; one out of reach is waited for."""
+    dedup = settings.dedup
     try:
-        store = open_store(
-            settings.dedup_url, settings.dedup.ttl_days * 86400, settings.dedup.key_prefix
-        )
+        store = open_store(settings.dedup_url, dedup.ttl_days * 86400, dedup.key_prefix, dedup)
+        stack.push_async_callback(store.close)
+        resilient = Resilient(store)
+        await resilient.check()
     except StoreUnavailable as exc:
         raise StartupError(f"DEDUP_URL: {exc}") from exc
-    stack.push_async_callback(store.close)
-    return Resilient(store)
+    return resilient
 
 
 def build_pipeline(
@@ -127,7 +130,7 @@ async def run(
     kafka_settings = settings.kafka
     async with AsyncExitStack() as stack:
         renderer = checked_renderer(settings)
-        store = build_store(settings, stack)
+        store = await build_store(settings, stack)
         senders = build_senders(settings, stack)
         await ensure_side_topics(kafka_settings)
         producer = build_producer(kafka_settings)

@@ -248,6 +248,9 @@ class SqliteStore:
             if not waiter.done():  # a cancelled waiter's write is committed all the same
                 waiter.set_result(None)
 
+    async def check(self) -> None:
+        """The file was opened (or refused) when the store was built."""
+
     async def close(self) -> None:
         if self._closed:
             return
