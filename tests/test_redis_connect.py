@@ -1,0 +1,247 @@
+"""Reaching Redis as deployments do, against real servers on loopback: TLS with a CA, an ACL
+user, mutual TLS, a 3-master Redis Cluster; and start-up failing at once, with the cause named
+and no password shown, when the server refuses the worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+from redis.asyncio.cluster import RedisCluster
+
+from tests.conftest import ROOT
+from tests.redis_servers import TlsServer
+from worker.dedup import ShipmentState, Snapshot, open_store
+from worker.dedup.redis import RedisClusterStore, RedisStore
+from worker.dedup.redis_client import UrlOnly
+from worker.dedup.store import EventRecord, StoreUnavailable
+
+BOUND = 5.0  # seconds a refusal may take to be reported
+
+
+def tls_options(server: TlsServer, **changes: Any) -> UrlOnly:
+    options: dict[str, Any] = {
+        "redis_username": server.username,
+        "redis_password": SecretStr(server.password),
+        "redis_ca_file": server.ca_file,
+    }
+    return UrlOnly(**{**options, **changes})
+
+
+async def refusal(url: str, options: UrlOnly) -> str:
+    """The StoreUnavailable message ``check`` gives, within BOUND seconds."""
+    store = open_store(url, 3600, redis=options)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.check()
+    finally:
+        await store.close()
+    assert time.monotonic() - started < BOUND
+    return str(caught.value)
+
+
+async def test_rediss_with_the_ca_and_the_acl_user_works(redis_tls: TlsServer) -> None:
+    """Through rediss:// verified against DEDUP_REDIS_CA_FILE, as the ACL user, the store
+    checks out and keeps what it is given."""
+    store = open_store(f"rediss://127.0.0.1:{redis_tls.port}/0", 3600, redis=tls_options(redis_tls))
+    try:
+        await store.check()
+        await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
+        assert (await store.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")
+    finally:
+        await store.close()
+
+
+async def test_the_user_and_password_may_be_in_the_url(redis_tls: TlsServer) -> None:
+    """rediss://user:password@host works as the separate settings do."""
+    url = f"rediss://{redis_tls.username}:{redis_tls.password}@127.0.0.1:{redis_tls.port}/0"
+    store = open_store(url, 3600, redis=UrlOnly(redis_ca_file=redis_tls.ca_file))
+    try:
+        await store.check()
+    finally:
+        await store.close()
+
+
+async def test_a_client_certificate_is_presented(redis_tls: TlsServer) -> None:
+    """With DEDUP_REDIS_CERT_FILE and DEDUP_REDIS_KEY_FILE the store connects with the client
+    certificate (the server verifies a certificate it is given against its CA)."""
+    options = tls_options(
+        redis_tls,
+        redis_cert_file=redis_tls.client_cert_file,
+        redis_key_file=redis_tls.client_key_file,
+    )
+    store = open_store(f"rediss://127.0.0.1:{redis_tls.port}/0", 3600, redis=options)
+    try:
+        await store.check()
+    finally:
+        await store.close()
+
+
+async def test_a_wrong_password_is_named_and_not_shown(redis_tls: TlsServer) -> None:
+    """A refused password stops at once with 'authentication failed', never the password."""
+    wrong = "not-" + redis_tls.password
+    url = f"rediss://127.0.0.1:{redis_tls.port}/0"
+    message = await refusal(url, tls_options(redis_tls, redis_password=SecretStr(wrong)))
+    print(message)
+    assert message.startswith("Redis authentication failed (")
+    assert "DEDUP_REDIS_PASSWORD" in message
+    assert wrong not in message and redis_tls.password not in message
+
+
+async def test_no_password_is_an_authentication_failure(redis_tls: TlsServer) -> None:
+    """A server whose default user is off refuses a client without credentials, by name."""
+    options = UrlOnly(redis_ca_file=redis_tls.ca_file)
+    message = await refusal(f"rediss://127.0.0.1:{redis_tls.port}/0", options)
+    print(message)
+    assert message.startswith("Redis authentication failed (")
+
+
+async def test_a_wrong_ca_is_an_untrusted_certificate(redis_tls: TlsServer) -> None:
+    """A server certificate the configured CA did not sign: 'certificate not trusted'."""
+    options = tls_options(redis_tls, redis_ca_file=redis_tls.other_ca_file)
+    message = await refusal(f"rediss://127.0.0.1:{redis_tls.port}/0", options)
+    print(message)
+    assert message.startswith("Redis TLS certificate not trusted (")
+    assert "DEDUP_REDIS_CA_FILE" in message
+
+
+async def test_another_host_name_is_a_mismatch(redis_tls: TlsServer) -> None:
+    """The certificate names 127.0.0.1 only: reached as localhost it is a host name
+    mismatch, although its CA is trusted."""
+    message = await refusal(f"rediss://localhost:{redis_tls.port}/0", tls_options(redis_tls))
+    print(message)
+    assert message.startswith("Redis TLS host name mismatch:")
+    assert "localhost" in message
+
+
+def test_the_worker_stops_at_start_up_naming_the_cause(redis_tls: TlsServer) -> None:
+    """``python -m worker run`` with a refused password exits 2 within a bounded time, one
+    line naming DEDUP_URL and the cause, and prints the password nowhere."""
+    wrong = "not-" + redis_tls.password
+    env = {
+        **os.environ,
+        "DEDUP_URL": f"rediss://127.0.0.1:{redis_tls.port}/0",
+        "DEDUP_REDIS_USERNAME": redis_tls.username,
+        "DEDUP_REDIS_PASSWORD": wrong,
+        "DEDUP_REDIS_CA_FILE": str(redis_tls.ca_file),
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached: the store is checked first
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert time.monotonic() - started < 30
+    print(done.stderr)
+    assert done.returncode == 2
+    assert done.stderr.startswith("start-up error: DEDUP_URL: Redis authentication failed (")
+    assert len(done.stderr.splitlines()) == 1
+    assert wrong not in done.stderr + done.stdout
+
+
+@pytest.fixture
+async def cluster(redis_cluster_url: str) -> AsyncIterator[RedisCluster]:
+    client = RedisCluster.from_url(redis_cluster_url, decode_responses=True)
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cluster_prefix() -> Iterator[str]:
+    yield f"test-{uuid.uuid4().hex[:8]}:"
+
+
+async def test_cluster_keys_spread_over_the_masters(
+    redis_cluster_url: str, cluster: RedisCluster, cluster_prefix: str
+) -> None:
+    """Events of many shipments land on every master, each event's record and claims on one
+    slot (the scripts would fail with CROSSSLOT otherwise)."""
+    store = open_store(redis_cluster_url, 3600, cluster_prefix, UrlOnly(redis_cluster=True))
+    try:
+        for i in range(30):
+            state = ShipmentState("shipped", 1.0)
+            await store.accept(f"e{i}", ("email", "sms"), f"s{i}", state, "w/1", 60)
+    finally:
+        await store.close()
+    slots: dict[str, set[int]] = {}
+    for node in cluster.get_primaries():
+        async for key in cluster.scan_iter(match=f"{cluster_prefix}*", target_nodes=node):
+            slots.setdefault(node.name, set()).add(cluster.keyslot(key))
+    assert len(slots) == 3
+    for i in range(30):
+        event_key = f"{cluster_prefix}{{evt:e{i}}}"
+        same = {cluster.keyslot(event_key), cluster.keyslot(f"{event_key}:claim:sms")}
+        assert len(same) == 1
+
+
+class _DiesBetweenTheSteps(RedisClusterStore):
+    """A worker killed after the event's step of ``accept``, before the shipment's."""
+
+    async def _advance(self, shipment_id: str, state: ShipmentState) -> ShipmentState | None:
+        raise SystemExit("killed")
+
+
+async def test_an_accept_cut_between_its_steps_is_finished_by_the_next_load(
+    redis_cluster_url: str, cluster_prefix: str
+) -> None:
+    """The record is stored and claimed but the shipment's state not moved on: the next
+    load of the event moves it, so a later older event of the shipment is still stale."""
+    options = UrlOnly(redis_cluster=True)
+    dying = _DiesBetweenTheSteps(
+        RedisCluster.from_url(redis_cluster_url, decode_responses=True), 3600, cluster_prefix
+    )
+    store = open_store(redis_cluster_url, 3600, cluster_prefix, options)
+    try:
+        await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1000.0), "w/1", 60)
+        with pytest.raises(SystemExit):
+            await dying.accept("e2", ("sms",), "s1", ShipmentState("delivered", 2000.0), "w/1", 60)
+        assert (await store.load("e1", "s1")).shipment == ShipmentState("shipped", 1000.0)
+        assert await store.load("e2", "s1") == Snapshot(
+            event=EventRecord(("sms",), {}, "s1"), shipment=ShipmentState("delivered", 2000.0)
+        )
+        assert (await store.load("e3", "s1")).shipment == ShipmentState("delivered", 2000.0)
+    finally:
+        await dying.close()
+        await store.close()
+
+
+async def test_single_server_keys_are_those_earlier_versions_wrote(redis_url: str) -> None:
+    """The single-server layout is unchanged: a record, a shipment state and a claim written
+    under the earlier key names are read, so existing data keeps working."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await raw.hset(
+            f"{prefix}evt:e1",
+            mapping={"channels": '["email", "sms"]', "shipment": "s1", "done:email": "sent"},
+        )
+        await raw.hset(f"{prefix}shp:s1", mapping={"status": "shipped", "occurred_at": "1.5"})
+        await raw.set(f"{prefix}claim:e1:sms", "worker-a/1", px=60_000)
+    finally:
+        await raw.aclose()
+    store = open_store(redis_url, 3600, prefix)
+    assert isinstance(store, RedisStore) and not isinstance(store, RedisClusterStore)
+    try:
+        assert await store.load("e1", "s1") == Snapshot(
+            event=EventRecord(("email", "sms"), {"email": "sent"}, "s1"),
+            shipment=ShipmentState("shipped", 1.5),
+        )
+        claim = await store.claim("e1", "sms", "worker-b/1", 60)
+        assert claim.holder == "worker-a/1"
+    finally:
+        await store.close()
