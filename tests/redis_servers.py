@@ -108,8 +108,9 @@ def start_cluster(workdir: Path, servers: Servers) -> str:
     return f"redis://127.0.0.1:{ports[0]}/0"
 
 
-def start_tls(workdir: Path, servers: Servers) -> TlsServer:
-    """One server listening with TLS only, its default user off and one ACL user on."""
+def start_tls(workdir: Path, servers: Servers, client_certificates: str = "optional") -> TlsServer:
+    """One server listening with TLS only, its default user off and one ACL user on.
+    ``client_certificates``: ``optional`` (verified when one is given) or ``yes`` (required)."""
     ca, other = trustme.CA(), trustme.CA()
     server_cert = ca.issue_cert("127.0.0.1")
     client_cert = ca.issue_cert("notifier.client")
@@ -138,7 +139,7 @@ def start_tls(workdir: Path, servers: Servers) -> TlsServer:
         "--tls-ca-cert-file",
         str(workdir / "ca.pem"),
         "--tls-auth-clients",
-        "optional",  # a client certificate is verified when one is given
+        client_certificates,
         "--user",
         "default",
         "off",

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from redis.asyncio.cluster import RedisCluster
 
 from tests.conftest import ROOT
-from tests.redis_servers import TlsServer
+from tests.redis_servers import Servers, TlsServer, start_tls
 from worker.dedup import ShipmentState, Snapshot, open_store
 from worker.dedup.redis import RedisClusterStore, RedisStore
 from worker.dedup.redis_client import UrlOnly
@@ -71,19 +71,38 @@ async def test_the_user_and_password_may_be_in_the_url(redis_tls: TlsServer) -> 
         await store.close()
 
 
-async def test_a_client_certificate_is_presented(redis_tls: TlsServer) -> None:
-    """With DEDUP_REDIS_CERT_FILE and DEDUP_REDIS_KEY_FILE the store connects with the client
-    certificate (the server verifies a certificate it is given against its CA)."""
+@pytest.fixture(scope="module")
+def redis_mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """A TLS server that requires a client certificate signed by its CA."""
+    servers = Servers()
+    try:
+        yield start_tls(tmp_path_factory.mktemp("redis-mtls"), servers, client_certificates="yes")
+    finally:
+        servers.stop()
+
+
+async def test_a_client_certificate_is_presented(redis_mtls: TlsServer) -> None:
+    """With DEDUP_REDIS_CERT_FILE and DEDUP_REDIS_KEY_FILE the store connects to a server that
+    requires a client certificate."""
     options = tls_options(
-        redis_tls,
-        redis_cert_file=redis_tls.client_cert_file,
-        redis_key_file=redis_tls.client_key_file,
+        redis_mtls,
+        redis_cert_file=redis_mtls.client_cert_file,
+        redis_key_file=redis_mtls.client_key_file,
     )
-    store = open_store(f"rediss://127.0.0.1:{redis_tls.port}/0", 3600, redis=options)
+    store = open_store(f"rediss://127.0.0.1:{redis_mtls.port}/0", 3600, redis=options)
     try:
         await store.check()
     finally:
         await store.close()
+
+
+async def test_a_missing_client_certificate_is_named(redis_mtls: TlsServer) -> None:
+    """Without a client certificate, a server that requires one refuses the handshake: named
+    at start-up, not waited for."""
+    message = await refusal(f"rediss://127.0.0.1:{redis_mtls.port}/0", tls_options(redis_mtls))
+    print(message)
+    assert message.startswith("Redis TLS handshake failed (")
+    assert "DEDUP_REDIS_CERT_FILE" in message
 
 
 async def test_a_wrong_password_is_named_and_not_shown(redis_tls: TlsServer) -> None:

@@ -118,7 +118,10 @@ def refusal(exc: BaseException) -> str | None:
                 "DEDUP_REDIS_CA_FILE"
             )
         if isinstance(link, ssl.SSLError) and not isinstance(link, ssl.SSLEOFError):
-            return f"Redis TLS handshake failed: {link.reason or link}"
+            return (
+                f"Redis TLS handshake failed ({link.reason or link}): check "
+                "DEDUP_REDIS_CERT_FILE and DEDUP_REDIS_KEY_FILE"
+            )
     return None
 
 
