@@ -264,3 +264,18 @@ async def test_single_server_keys_are_those_earlier_versions_wrote(redis_url: st
         assert claim.holder == "worker-a/1"
     finally:
         await store.close()
+
+
+async def test_a_cluster_node_without_the_cluster_setting_is_named(redis_cluster_url: str) -> None:
+    """One server's store pointed at a cluster node (its scripts would fail with CROSSSLOT)
+    stops at start-up, saying which setting is missing."""
+    message = await refusal(redis_cluster_url, UrlOnly())
+    assert message == "DEDUP_URL names a Redis Cluster node: set DEDUP_REDIS_CLUSTER=true"
+
+
+async def test_the_cluster_setting_on_one_server_is_named(redis_url: str) -> None:
+    """DEDUP_REDIS_CLUSTER against a server that is not a cluster node stops at start-up."""
+    message = await refusal(redis_url, UrlOnly(redis_cluster=True))
+    assert message.startswith(
+        "DEDUP_REDIS_CLUSTER is set but DEDUP_URL's server is not a Redis Cluster node"
+    )

@@ -6,7 +6,8 @@ system's CAs) and its host name; a client certificate is optional. ``check`` ans
 start-up whether the server can be used at all, for a refusal that waiting will not change:
 
     StoreUnavailable   the credentials are refused, the certificate is not trusted, the host
-                       name does not match it, or the TLS handshake is refused otherwise
+                       name does not match it, the TLS handshake is refused otherwise, or the
+                       server is a cluster node and DEDUP_REDIS_CLUSTER says otherwise
     StoreError         anything that may pass (nothing listening yet, a timeout, a failover):
                        waited out like any outage (``resilient``)
 
@@ -95,11 +96,24 @@ async def check(client: Client) -> None:
     good, ``StoreError`` when it cannot be reached for now."""
     try:
         await client.ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
+        if isinstance(client, aioredis.Redis) and await _is_cluster_node(client):
+            raise StoreUnavailable(
+                "DEDUP_URL names a Redis Cluster node: set DEDUP_REDIS_CLUSTER=true"
+            )
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         cause = refusal(exc)
         if cause is not None:
             raise StoreUnavailable(cause) from exc
         raise StoreError(f"Redis: {describe(exc)}") from exc
+
+
+async def _is_cluster_node(client: aioredis.Redis) -> bool:
+    """Whether one server's client was given a cluster node (its scripts would fail there)."""
+    try:
+        await client.cluster("MYID")
+    except redis.exceptions.ResponseError:  # cluster support disabled, or not ours to ask
+        return False
+    return True
 
 
 def refusal(exc: BaseException) -> str | None:
@@ -117,6 +131,11 @@ def refusal(exc: BaseException) -> str | None:
                 f"Redis TLS certificate not trusted ({link.verify_message}): check "
                 "DEDUP_REDIS_CA_FILE"
             )
+        if isinstance(link, redis.exceptions.RedisClusterException) and _NOT_CLUSTER in str(link):
+            return (
+                "DEDUP_REDIS_CLUSTER is set but DEDUP_URL's server is not a Redis Cluster node "
+                "(or its ACL user may not run CLUSTER SLOTS)"
+            )
         if isinstance(link, ssl.SSLError) and not isinstance(link, ssl.SSLEOFError):
             return (
                 f"Redis TLS handshake failed ({link.reason or link}): check "
@@ -131,6 +150,7 @@ def describe(exc: BaseException) -> str:
 
 
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
+_NOT_CLUSTER = "Cluster mode is not enabled"  # redis-py's words; it has no type of its own
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
