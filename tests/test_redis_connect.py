@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +18,11 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.asyncio.cluster import RedisCluster
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, MakeTopic, Produce
+from tests.factories import event, record
+from tests.processes import WorkerProcess, expected_for, received, wait_until_received
 from tests.redis_servers import Servers, TlsServer, start_tls
+from tests.sinks import SmsSink, SmtpSink
 from worker.dedup import ShipmentState, Snapshot, open_store
 from worker.dedup.redis import RedisClusterStore, RedisStore
 from worker.dedup.redis_client import UrlOnly
@@ -170,6 +174,46 @@ def test_the_worker_stops_at_start_up_naming_the_cause(redis_tls: TlsServer) -> 
     assert done.stderr.startswith("start-up error: DEDUP_URL: Redis authentication failed (")
     assert len(done.stderr.splitlines()) == 1
     assert wrong not in done.stderr + done.stdout
+
+
+async def test_the_worker_notifies_through_rediss_as_the_acl_user(
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Callable[..., dict[str, str]],
+    smtp_sink: SmtpSink,
+    sms_sink: SmsSink,
+    redis_tls: TlsServer,
+    tmp_path: Path,
+) -> None:
+    """End to end: a worker whose store is the TLS server, reached as the ACL user with the
+    CA, notifies each event once and records the outcomes there."""
+    topic = await new_topic(partitions=2)
+    events = [
+        event(f"T{n}-0", "shipped", shipment_id=f"T{n}", customer={"phone": f"+141555501{n:02d}"})
+        for n in range(5)
+    ]
+    env = worker_env(
+        topic,
+        DEDUP_URL=f"rediss://127.0.0.1:{redis_tls.port}/0",
+        DEDUP_KEY_PREFIX=f"{topic}:",
+        DEDUP_REDIS_USERNAME=redis_tls.username,
+        DEDUP_REDIS_PASSWORD=redis_tls.password,
+        DEDUP_REDIS_CA_FILE=str(redis_tls.ca_file),
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    await produce(topic, [record(e) for e in events])
+    expected = expected_for(events)
+    await wait_until_received(smtp_sink, sms_sink, expected, timeout=60)
+    assert await worker.terminate() == 0
+    got = received(smtp_sink, sms_sink)
+    assert (set(got.emails), set(got.sms), got.duplicates) == (expected.emails, expected.sms, 0)
+    store = open_store(env["DEDUP_URL"], 3600, f"{topic}:", tls_options(redis_tls))
+    try:
+        snapshot = await store.load("T0-0", "T0")
+    finally:
+        await store.close()
+    assert snapshot.event == EventRecord(("email", "sms"), {"email": "sent", "sms": "sent"}, "T0")
+    assert redis_tls.password not in worker.log.read_text()
 
 
 @pytest.fixture
