@@ -26,7 +26,7 @@ from tests.sinks import SmsSink, SmtpSink
 from worker.dedup import ShipmentState, Snapshot, open_store
 from worker.dedup.redis import RedisClusterStore, RedisStore
 from worker.dedup.redis_client import UrlOnly
-from worker.dedup.store import EventRecord, StoreUnavailable
+from worker.dedup.store import ChannelOutcome, Claim, EventRecord, StoreUnavailable
 
 BOUND = 5.0  # seconds a refusal may take to be reported
 
@@ -250,6 +250,29 @@ async def test_cluster_keys_spread_over_the_masters(
         event_key = f"{cluster_prefix}{{evt:e{i}}}"
         same = {cluster.keyslot(event_key), cluster.keyslot(f"{event_key}:claim:sms")}
         assert len(same) == 1
+
+
+async def test_cluster_ids_with_braces_keep_an_events_keys_on_one_slot(
+    redis_cluster_url: str, cluster_prefix: str
+) -> None:
+    """Event and shipment ids holding { and } (ids are the producers') still give an event's
+    record and claims one hash tag: every script runs."""
+    store = open_store(redis_cluster_url, 3600, cluster_prefix, UrlOnly(redis_cluster=True))
+    try:
+        for event_id in ("}a", "a}b{c", "{x}", "{}"):
+            state = ShipmentState("shipped", 1.0)
+            assert await store.accept(event_id, ("email", "sms"), "{s}", state, "w/1", 60) == (
+                "email",
+                "sms",
+            )
+            await store.mark_done(event_id, "email", ChannelOutcome.SENT)
+            assert await store.claim(event_id, "sms", "w/1", 60) == Claim(True)
+            await store.reopen(event_id, "email")
+            assert (await store.load(event_id, "{s}")).event == EventRecord(
+                ("email", "sms"), {}, "{s}"
+            )
+    finally:
+        await store.close()
 
 
 class _DiesBetweenTheSteps(RedisClusterStore):
