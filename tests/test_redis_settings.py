@@ -61,6 +61,10 @@ __all__ = ["env"]  # the fixture, used by name
             "DEDUP_URL: 'rediss://:***@r:port/0' has an invalid port",
         ),
         (
+            {"DEDUP_URL": "rediss://u:s3/cret@r:6379/0"},  # a / the URL should have encoded
+            "DEDUP_URL: 'rediss://u:***@r:6379/0' has an invalid port",
+        ),
+        (
             {"DEDUP_URL": "redis+sentinel://u:s3cret@r/0"},
             "DEDUP_URL: 'redis+sentinel://u:***@r/0': use sqlite:///path/file.db, memory:// or "
             "redis://host:port/db (got 'redis+sentinel://u:***@r/0')",

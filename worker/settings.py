@@ -280,7 +280,7 @@ class DedupSettings(_Section):
 
 
 def _without_password(url: str) -> str:
-    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
+    return re.sub(r"(//[^/@:]*):[^@]*@", r"\1:***@", url)
 
 
 class AppSettings(_Section):
