@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from tests import redis_servers
 from tests.sinks import SmsSink, SmtpSink
 from worker import app
 from worker.settings import load_settings
@@ -289,6 +290,35 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A seed node of a real 3-master Redis Cluster: ``REDIS_CLUSTER_URL`` when set, else one
+    started on loopback for the session (``tests/redis_servers.py``)."""
+    given = os.environ.get("REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    servers = redis_servers.Servers()
+    try:
+        yield redis_servers.start_cluster(tmp_path_factory.mktemp("redis-cluster"), servers)
+    except redis_servers.ServerFailed as exc:
+        pytest.fail(f"the Redis Cluster did not start: {exc}", pytrace=False)
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_servers.TlsServer]:
+    """A real TLS-only Redis server with an ACL user, started on loopback for the session."""
+    servers = redis_servers.Servers()
+    try:
+        yield redis_servers.start_tls(tmp_path_factory.mktemp("redis-tls"), servers)
+    except redis_servers.ServerFailed as exc:
+        pytest.fail(f"the TLS Redis server did not start: {exc}", pytrace=False)
+    finally:
+        servers.stop()
 
 
 def _free_port() -> int:

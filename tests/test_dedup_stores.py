@@ -7,36 +7,60 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from tests.redis_servers import TlsServer
 from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store, sqlite
+from worker.dedup.redis_client import UrlOnly
+from worker.dedup.resilient import Resilient
 from worker.dedup.store import ChannelOutcome, Claim, StoreError, StoreUnavailable
 
 OpenStore = Callable[..., Awaitable[DedupStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@dataclass(frozen=True)
+class Target:
+    """A store to open: its URL, and how to reach it beyond the URL (Redis only)."""
+
+    url: str
+    redis: UrlOnly | None = None
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-tls-acl"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     if request.param == "memory":
-        return "memory://"
+        return Target("memory://")
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'dedup.sqlite3'}"
-    url: str = request.getfixturevalue("redis_url")
-    return url
+        return Target(f"sqlite:///{tmp_path / 'dedup.sqlite3'}")
+    if request.param == "redis-cluster":
+        return Target(request.getfixturevalue("redis_cluster_url"), UrlOnly(redis_cluster=True))
+    if request.param == "redis-tls-acl":
+        server: TlsServer = request.getfixturevalue("redis_tls")
+        options = UrlOnly(
+            redis_username=server.username,
+            redis_password=SecretStr(server.password),
+            redis_ca_file=server.ca_file,
+        )
+        return Target(f"rediss://127.0.0.1:{server.port}/0", options)
+    return Target(request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture
-async def open_fresh(store_url: str) -> AsyncIterator[OpenStore]:
-    """Factory opening the parametrized store; calling it again reopens the same data."""
+async def open_fresh(store_target: Target) -> AsyncIterator[OpenStore]:
+    """Factory opening the parametrized store (checked, as at start-up); calling it again
+    reopens the same data."""
     opened: list[DedupStore] = []
-    url = store_url
     prefix = uuid.uuid4().hex[:8]
 
     async def make(ttl: float = 3600) -> DedupStore:
-        store = open_store(url, ttl, key_prefix=f"test-{prefix}:")  # tests share one Redis
+        # tests share one Redis
+        store = open_store(store_target.url, ttl, f"test-{prefix}:", store_target.redis)
         opened.append(store)
+        await store.check()
         return store
 
     yield make
@@ -90,7 +114,9 @@ async def test_entries_expire_after_the_ttl(open_fresh: OpenStore) -> None:
     assert (await store.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")
 
 
-@pytest.mark.parametrize("store_url", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize(
+    "store_target", ["sqlite", "redis", "redis-cluster", "redis-tls-acl"], indirect=True
+)
 async def test_persistent_stores_survive_a_reopen(open_fresh: OpenStore) -> None:
     """What SQLite and Redis remember is still there for a new store on the same data."""
     first = await open_fresh()
@@ -449,15 +475,29 @@ async def test_redis_out_of_reach_raises_store_error() -> None:
         with pytest.raises(StoreError):
             await store.mark_done("e1", "email", ChannelOutcome.SENT)
         with pytest.raises(StoreError):
-            await store.ping()
+            await store.check()
     finally:
         await store.close()
 
 
-async def test_a_store_that_answers_pings(open_fresh: OpenStore) -> None:
-    """``ping`` (the readiness check) returns for a store in working order, and leaves its
-    records alone."""
+async def test_a_store_in_working_order_passes_its_check(open_fresh: OpenStore) -> None:
+    """``check`` (start-up's, and through ``Resilient.ping`` the readiness check's) returns for
+    a store in working order, and leaves its records alone."""
     store = await open_fresh()
     await store.accept("e1", ("email",), "s1", ShipmentState("shipped", 1.0), "w/1", 60)
-    await store.ping()
+    await store.check()
     assert (await store.load("e1", "s1")).event == EventRecord(("email",), {}, "s1")
+
+
+async def test_the_readiness_ping_of_a_store_out_of_reach_fails_at_once() -> None:
+    """``Resilient`` waits out an outage for every call but ``ping``: /readyz asks how the
+    store is now, and a Redis out of reach answers StoreError at once."""
+    from tests.conftest import _free_port
+
+    store = Resilient(open_store(f"redis://127.0.0.1:{_free_port()}/0", 3600))
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(StoreError):
+                await store.ping()
+    finally:
+        await store.close()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hypothesis import HealthCheck, given, settings
@@ -248,6 +249,15 @@ async def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes, byte
         await producer.stop()
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings of a store shared by replicas: one Redis server, or a Redis Cluster."""
+    if request.param == "redis-cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        return {"DEDUP_URL": url, "DEDUP_REDIS_CLUSTER": "true"}
+    return {"DEDUP_URL": request.getfixturevalue("redis_url")}
+
+
 async def test_replicas_sharing_redis_notify_exactly_once_through_a_kill_and_a_join(
     kafka_bootstrap: str,
     new_topic: MakeTopic,
@@ -255,16 +265,17 @@ async def test_replicas_sharing_redis_notify_exactly_once_through_a_kill_and_a_j
     worker_env: Env,
     smtp_sink: SmtpSink,
     sms_sink: SmsSink,
-    redis_url: str,
+    shared_redis: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    """Three workers in one group with the Redis store; one is killed mid-run and a fourth
-    joins: every notification arrives, and none recorded as sent is sent again."""
+    """Three workers in one group with the Redis store (one server, or a cluster); one is
+    killed mid-run and a fourth joins: every notification arrives, and none recorded as sent
+    is sent again."""
     topic = await new_topic(partitions=6)
     events = shipment_events(300, prefix="R")
     env = worker_env(
         topic,
-        DEDUP_URL=redis_url,
+        **shared_redis,
         DEDUP_KEY_PREFIX=f"{topic}:",
         KAFKA_SESSION_TIMEOUT_MS="6000",
         CLAIM_LEASE="5",

@@ -81,17 +81,20 @@ def build_senders(settings: Settings, stack: AsyncExitStack) -> dict[str, Sender
     return senders
 
 
-def build_store(
+async def build_store(
     settings: Settings, stack: AsyncExitStack, metrics: Metrics | None = None
-) -> DedupStore:
+) -> Resilient:
+    """The store, checked: one that refuses the worker (a SQLite file held by another, a
+    Redis refusing the credentials or the TLS) stops start-up; one out of reach is waited for."""
+    dedup = settings.dedup
     try:
-        store = open_store(
-            settings.dedup_url, settings.dedup.ttl_days * 86400, settings.dedup.key_prefix
-        )
+        store = open_store(settings.dedup_url, dedup.ttl_days * 86400, dedup.key_prefix, dedup)
+        stack.push_async_callback(store.close)
+        resilient = Resilient(store, metrics=metrics)
+        await resilient.check()
     except StoreUnavailable as exc:
         raise StartupError(f"DEDUP_URL: {exc}") from exc
-    stack.push_async_callback(store.close)
-    return Resilient(store, metrics=metrics)
+    return resilient
 
 
 def build_pipeline(
@@ -136,7 +139,7 @@ class Parts:
     ready."""
 
     renderer: Renderer | None = None
-    store: DedupStore | None = None
+    store: Resilient | None = None
     consumer: KeyOrderedConsumer | None = None
 
     def checks(self) -> dict[str, Check]:
@@ -205,7 +208,7 @@ async def run(
     async with AsyncExitStack() as stack:
         probes = await serve_probes(settings, stack, metrics, liveness, parts)
         renderer = parts.renderer = checked_renderer(settings)
-        store = parts.store = build_store(settings, stack, metrics)
+        store = parts.store = await build_store(settings, stack, metrics)
         senders = build_senders(settings, stack)
         await ensure_side_topics(kafka_settings)
         producer = build_producer(kafka_settings)

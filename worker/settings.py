@@ -212,15 +212,76 @@ class DedupSettings(_Section):
     url: str = ""
     ttl_days: PositiveFloat = 30.0
     key_prefix: str = "shipment-notifier:"
+    # Redis only (worker/dedup/redis_client.py): a cluster, an ACL user, TLS beyond the URL
+    redis_cluster: bool = False
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_ca_file: Path | None = None  # rediss:// verifies against it (else the system's CAs)
+    redis_cert_file: Path | None = None  # a client certificate, with its key, for mutual TLS
+    redis_key_file: Path | None = None
+    redis_timeout: PositiveFloat = 10.0
 
-    @field_validator("url")
+    @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if value and not value.startswith(("sqlite:///", "memory://", "redis://", "rediss://")):
-            raise ValueError(
-                f"{value!r}: use sqlite:///path/file.db, memory:// or redis://host:port/db"
-            )
+    def _a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file")
         return value
+
+    @model_validator(mode="after")
+    def _redis_consistent(self) -> DedupSettings:
+        # one line per problem, naming the variable; the URL shown without its password
+        url, shown = self.url, _without_password(self.url)
+        if url and not url.startswith(("sqlite:///", "memory://", "redis://", "rediss://")):
+            raise ValueError(
+                f"DEDUP_URL: {shown!r}: use sqlite:///path/file.db, memory:// or "
+                f"redis://host:port/db (got {shown!r})"
+            )
+        redis = url.startswith(("redis://", "rediss://"))
+        for variable, value in (
+            ("DEDUP_REDIS_CLUSTER", self.redis_cluster),
+            ("DEDUP_REDIS_USERNAME", self.redis_username),
+            ("DEDUP_REDIS_PASSWORD", self.redis_password),
+            ("DEDUP_REDIS_CA_FILE", self.redis_ca_file),
+            ("DEDUP_REDIS_CERT_FILE", self.redis_cert_file),
+        ):
+            if value and not redis:
+                raise ValueError(f"{variable}: needs a redis:// or rediss:// DEDUP_URL")
+            if value and variable.endswith("FILE") and not url.startswith("rediss://"):
+                raise ValueError(f"{variable}: needs a rediss:// DEDUP_URL (TLS)")
+        if redis:
+            self._redis_url_consistent(url, shown)
+        if bool(self.redis_cert_file) != bool(self.redis_key_file):
+            raise ValueError("DEDUP_REDIS_CERT_FILE and DEDUP_REDIS_KEY_FILE must be set together")
+        return self
+
+    def _redis_url_consistent(self, url: str, shown: str) -> None:
+        from urllib.parse import urlsplit  # here: this section's only use
+
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (reading it checks it)
+        except ValueError:
+            raise ValueError(f"DEDUP_URL: {shown!r} has an invalid port") from None
+        if not parts.hostname:
+            raise ValueError(f"DEDUP_URL: {shown!r} names no host")
+        if parts.password and self.redis_password:
+            raise ValueError("DEDUP_REDIS_PASSWORD: DEDUP_URL has one too; set it in one place")
+        if parts.username and self.redis_username:
+            raise ValueError("DEDUP_REDIS_USERNAME: DEDUP_URL has one too; set it in one place")
+        if self.redis_username and not (parts.password or self.redis_password):
+            raise ValueError("DEDUP_REDIS_USERNAME: needs DEDUP_REDIS_PASSWORD")
+        if self.redis_cluster and parts.path.strip("/") not in ("", "0"):
+            raise ValueError(f"DEDUP_URL: {shown!r}: a Redis Cluster has database 0 only")
+        if self.redis_cluster and any(c in self.key_prefix for c in "{}"):
+            raise ValueError(
+                "DEDUP_KEY_PREFIX: no { or } with DEDUP_REDIS_CLUSTER (the store sets its own "
+                f"hash tags) (got {self.key_prefix!r})"
+            )
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"(//[^/@:]*):[^@]*@", r"\1:***@", url)
 
 
 class AppSettings(_Section):

@@ -81,8 +81,8 @@ class MemoryStore:
             done = {c: o for c, o in record.done.items() if c != channel}
             self._events[event_id] = (expires, replace(record, done=done))
 
-    async def ping(self) -> None:
-        pass
+    async def check(self) -> None:
+        """Nothing to reach."""
 
     async def close(self) -> None:
         self._events.clear()

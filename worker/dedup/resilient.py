@@ -78,9 +78,13 @@ class Resilient:
     async def reopen(self, event_id: str, channel: str) -> None:
         await self._until_done("reopen", lambda: self._store.reopen(event_id, channel))
 
+    async def check(self) -> None:
+        """A refusal stops start-up at once; a store out of reach is waited for, as any call."""
+        await self._until_done("check", self._store.check)
+
     async def ping(self) -> None:
-        """The store's own answer, not waited out: a readiness check asks how it is now."""
-        await self._store.ping()
+        """The store's check, once, not waited out: ``/readyz`` asks how it is now."""
+        await self._store.check()
 
     async def close(self) -> None:
         await self._store.close()

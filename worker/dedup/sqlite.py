@@ -248,7 +248,8 @@ class SqliteStore:
             if not waiter.done():  # a cancelled waiter's write is committed all the same
                 waiter.set_result(None)
 
-    async def ping(self) -> None:
+    async def check(self) -> None:
+        """The file was opened (or refused) when the store was built: it answers a query."""
         with _operational():
             self._db.execute("SELECT 1").fetchone()
 

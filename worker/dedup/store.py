@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from worker.dedup.redis_client import RedisOptions
 
 
 class StoreUnavailable(Exception):
@@ -116,23 +119,31 @@ class DedupStore(Protocol):
     async def reopen(self, event_id: str, channel: str) -> None:
         """Forget a channel's outcome, so a replayed event sends it again."""
 
-    async def ping(self) -> None:
-        """Return when the store answers; raise ``StoreError`` when it does not (for
-        ``/readyz``: never retried)."""
+    async def check(self) -> None:
+        """At start-up: raise ``StoreUnavailable`` naming the cause when the store refuses
+        this worker for good (a Redis refusing its credentials or its TLS), ``StoreError``
+        when it cannot be reached for now."""
 
     async def close(self) -> None: ...
 
 
-def open_store(url: str, ttl_seconds: float, key_prefix: str = "shipment-notifier:") -> DedupStore:
-    """The store ``url`` names; ``key_prefix`` separates deployments sharing one Redis."""
+def open_store(
+    url: str,
+    ttl_seconds: float,
+    key_prefix: str = "shipment-notifier:",
+    redis: RedisOptions | None = None,
+) -> DedupStore:
+    """The store ``url`` names; ``key_prefix`` separates deployments sharing one Redis,
+    ``redis`` (``DedupSettings``) tells how to reach it beyond the URL."""
     if url.startswith("sqlite:///"):
         from worker.dedup.sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite:///"), ttl_seconds)
     if url.startswith(("redis://", "rediss://")):
-        from worker.dedup.redis import RedisStore
+        from worker.dedup.redis import open_redis_store
+        from worker.dedup.redis_client import UrlOnly
 
-        return RedisStore.from_url(url, ttl_seconds, key_prefix)
+        return open_redis_store(url, ttl_seconds, key_prefix, redis or UrlOnly())
     if url.startswith("memory://"):
         from worker.dedup.memory import MemoryStore
 
