@@ -185,6 +185,8 @@ def worker_env(
             "SEND_RETRY_BASE": "0.05",
             "SHOP_NAME": "Test Shop",
             "LOG_LEVEL": "INFO",
+            # quiet hours are on for SMS by default: a test's outcome must not hang on the hour
+            "SMS_QUIET_HOURS": "off",
         }
         env.update(overrides)
         return env

@@ -22,6 +22,8 @@ from worker.events import Shop
 from worker.logs import get_logger
 from worker.pipeline import Pipeline
 from worker.preview import check
+from worker.quiet import quiet_hours
+from worker.ratelimit import throttles
 from worker.render import Renderer
 from worker.retry import Backoff, RetryLimits
 from worker.settings import Settings, SmsProvider
@@ -104,6 +106,8 @@ def build_pipeline(
         ),
         owner=f"{app.worker_id}/{os.getpid()}-{uuid.uuid4().hex[:8]}",
         lease=app.claim_lease,
+        quiet=quiet_hours(settings.pacing),
+        throttles=throttles(settings.pacing),
     )
     return Pipeline(
         store=store,
