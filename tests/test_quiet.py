@@ -234,7 +234,8 @@ async def test_a_notification_at_night_is_held_and_sent_when_the_window_opens() 
         assert await r.again(held) == Outcome("notified", sent=("sms",))
     assert [m.status for m in r.sms.sent] == ["shipped"]
     assert [e["event"] for e in logs if e["event"].startswith("notification_")] == [
-        "notification_sent"
+        "notification_released",
+        "notification_sent",
     ]
 
 

@@ -219,6 +219,8 @@ class Courier:
         quiet = self._quiet.check(n.event, n.channel, self._clock()) if self._quiet else None
         if quiet is not None:
             return await self._hold(n, quiet)
+        if n.envelope.header(headers.RETRY_HELD) is not None:  # only retry records carry it
+            log.info("notification_released", channel=n.channel, to=n.to)
         tries = 1 if n.retry else 1 + self._in_process.attempts
         try:
             await self._send(self._compose(n), n.to, tries)

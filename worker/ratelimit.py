@@ -1,9 +1,10 @@
 """Provider rate limits: how fast one process may send on a channel.
 
 A ``Throttle`` per channel gives each send its turn:
-- at most ``rate`` sends a second (``SMTP_RATE_LIMIT``, ``SMS_RATE_LIMIT``), spaced evenly
-  (aiolimiter's leaky bucket holding one send), so any one-second window holds at most
-  ``rate`` of them and a burst leaves at the provider's pace instead of meeting 429s;
+- at most ``rate`` sends a second (``SMTP_RATE_LIMIT``, ``SMS_RATE_LIMIT``), each at least
+  ``1/rate`` after the one before (a token bucket holding one token), so any one-second window
+  holds at most ``rate`` of them and a burst leaves at the provider's pace instead of meeting
+  429s. Turns are given in the order they were asked for;
 - after the provider answers 429 with ``Retry-After`` (``ProviderThrottled``), no send of the
   channel goes out before that time; then they resume at the rate, not all at once.
 
@@ -13,10 +14,9 @@ The limit is per process: with several workers, divide the account's rate among 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
-
-from aiolimiter import AsyncLimiter
 
 from worker.channels import ProviderThrottled, TransientDeliveryError
 from worker.logs import get_logger
@@ -26,6 +26,7 @@ log = get_logger(__name__)
 
 # a 429 without Retry-After still pauses the channel this long: the account is over its rate
 DEFAULT_PAUSE = 1.0
+TIMER_SLACK = 0.001
 
 
 class Throttle:
@@ -39,9 +40,10 @@ class Throttle:
     ) -> None:
         self.channel = channel
         self.rate = rate
-        # one send per 1/rate seconds: a bucket of one leaks before the next may enter
-        self._limiter = AsyncLimiter(1, 1 / rate) if rate else None
+        self._interval = 1 / rate if rate else 0.0
         self._clock = clock
+        self._last = -math.inf  # when the last turn was given
+        self._queue = asyncio.Lock()  # FIFO: one waiter at a time waits for the interval
         self._paused_until = 0.0
 
     async def turn(self) -> None:
@@ -51,11 +53,22 @@ class Throttle:
             if pause > 0:
                 await asyncio.sleep(pause)
                 continue
-            if self._limiter is not None:
-                await self._limiter.acquire()
+            if self._interval:
+                await self._spaced_turn()
             if self._clock() >= self._paused_until:
                 return
             # a 429 arrived while this send waited: it takes a new turn after the pause
+
+    async def _spaced_turn(self) -> None:
+        """The next turn, at least ``1/rate`` after the last one given. Measured from when that
+        one was given, not booked ahead (aiolimiter's way): a waiter woken late then cannot
+        bunch up with the next, and at 1/s aiolimiter let sends go 0.999 s apart, which a
+        provider counting per second refuses now and then."""
+        async with self._queue:
+            wait = self._last + self._interval - self._clock()
+            if wait > 0:  # uvloop rounds timers to the millisecond: a little more, never early
+                await asyncio.sleep(wait + TIMER_SLACK)
+            self._last = self._clock()
 
     def refused(self, error: TransientDeliveryError) -> None:
         """Learn from a failed send: a 429 pauses every send of the channel."""
