@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from itertools import pairwise
 
 import pytest
 
+from tests.factories import event, record
 from tests.sinks import SmsSink
+from tests.test_pipeline import TEMPLATES, FakeSender, FakeSideTopics
 from worker.channels import Outgoing, ProviderThrottled, TransientDeliveryError
 from worker.channels.http import MAX_RETRY_AFTER, retry_after_seconds
 from worker.channels.sms import WebhookSender, http_client
+from worker.dedup.memory import MemoryStore
+from worker.dedup.store import Claim
+from worker.delivery import Courier, InProcessRetry
+from worker.envelope import Envelope
+from worker.events import Shop
+from worker.pipeline import Pipeline
 from worker.ratelimit import Throttle
+from worker.render import Renderer
+from worker.retry import Backoff, RetryLimits
 
 
 async def turns(throttle: Throttle, count: int) -> list[float]:
@@ -108,3 +119,52 @@ async def test_the_sms_adapter_reports_a_429_with_its_retry_after(sms_sink: SmsS
         assert caught.value.retry_after is not None and 55 <= caught.value.retry_after <= 61
     finally:
         await client.close()
+
+
+class CountingStore(MemoryStore):
+    """The memory store, counting claim calls per (event, channel)."""
+
+    def __init__(self) -> None:
+        super().__init__(3600)
+        self.claims: Counter[tuple[str, str]] = Counter()
+
+    async def claim(self, event_id: str, channel: str, owner: str, lease: float) -> Claim:
+        self.claims[(event_id, channel)] += 1
+        return await super().claim(event_id, channel, owner, lease)
+
+
+async def test_a_send_waiting_for_its_turn_keeps_its_claim() -> None:
+    """At 2 SMS a second with a 0.3 s lease, the third SMS of a burst waits about 1 s for its
+    turn: its claim is renewed meanwhile (every lease/3), so no other worker may take it over;
+    all three are sent once, in turn."""
+    store = CountingStore()
+    sms = FakeSender()
+    courier = Courier(
+        store=store,
+        renderer=Renderer(TEMPLATES, "en", Shop(name="Test Shop")),
+        senders={"email": FakeSender(), "sms": sms},
+        dead_letters=FakeSideTopics(),
+        retries=FakeSideTopics(),
+        in_process=InProcessRetry(0, Backoff(0.001, 0.001)),
+        limits=RetryLimits(1, 60, Backoff(1, 1)),
+        owner="test/1",
+        lease=0.3,
+        throttles={"sms": Throttle("sms", 2)},
+    )
+    pipeline = Pipeline(
+        store=store,
+        courier=courier,
+        policy={"shipped": ("sms",)},
+        channels=frozenset({"email", "sms"}),
+        dead_letters=FakeSideTopics(),
+        locale_for=lambda locale: "en",
+        retry_topic="events.retry",
+    )
+    records = [record(event(f"e{n}", "shipped", shipment_id=f"S{n}")) for n in range(3)]
+    outcomes = await asyncio.gather(
+        *(pipeline.handle(Envelope("events", 0, n, *kv)) for n, kv in enumerate(records))
+    )
+    assert [o.kind for o in outcomes] == ["notified"] * 3
+    assert len(sms.sent) == 3
+    renewals = sorted(store.claims[(f"e{n}", "sms")] for n in range(3))
+    assert renewals[-1] >= 3  # the last in line: about 1 s of waiting, a renewal every 0.1 s

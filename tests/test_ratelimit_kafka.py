@@ -136,3 +136,39 @@ async def test_a_429_pauses_the_channel_for_its_retry_after(
         assert too_soon == [], f"sent within the 2 s asked for after a 429 at {refused}"
     assert len(sms_sink.requests) == 3
     assert dead == 0
+
+
+async def test_smtp_rate_limit_spaces_the_emails(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Env,
+    run_worker: Any,
+) -> None:
+    """SMTP_RATE_LIMIT=4: a burst of 8 emails reaches the SMTP server about a quarter second
+    apart, never much closer, each once. Measured from the second: the first also opens the
+    connection, which the second then reuses (one connection)."""
+    arrivals: list[float] = []
+    sink = SmtpSink(on_mail=lambda mail: arrivals.append(time.time())).start()
+    try:
+        topic = await new_topic(partitions=1)
+        env = worker_env(
+            topic,
+            SMS_PROVIDER="disabled",
+            SMTP_PORT=str(sink.port),
+            SMTP_RATE_LIMIT="4",
+            SMTP_POOL_SIZE="1",
+        )
+        await produce(
+            topic, [record(event(f"e{n}", "shipped", shipment_id=f"S{n}")) for n in range(8)]
+        )
+        async with run_worker(env):
+            await sink.wait_for(8)
+            await wait_committed(kafka_bootstrap, env, {0: 8})
+    finally:
+        sink.stop()
+    gaps = [b - a for a, b in pairwise(sorted(arrivals))]
+    print(f"\nSMTP 4/s, burst 8: gaps {[round(g, 3) for g in gaps]}")
+    assert len(sink.messages) == 8
+    assert arrivals[-1] - arrivals[1] >= 6 * 0.25 - 0.03
+    assert min(gaps[1:]) >= 0.2
