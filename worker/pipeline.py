@@ -5,11 +5,11 @@ and hand them to the courier (``delivery.Courier``), which owns everything done 
       ├── a record the consumer could not read        -> dead-lettered (``undecodable``)
       ├── main topic:  decode -> load -> conflict? -> redelivery? -> rules -> plan
       │                  -> Courier.first / Courier.resume
-      └── retry topic: retry state -> decode -> load -> replay? / done? / superseded?
-                         -> plan (that channel) -> Courier.again / Courier.replay
+      └── retry topic: retry state (or a quiet-hours hold) -> decode -> load -> replay? /
+                         done? / superseded? -> plan (that channel) -> Courier.again / replay
 
-Every record ends in exactly one ``Outcome`` (notified, retrying, skipped by a named rule, or
-dead-lettered with a reason) and one summary log line. Anything a record raises that nothing
+Every record ends in exactly one ``Outcome`` (notified, retrying, held for quiet hours, skipped
+by a named rule, or dead-lettered with a reason) and one summary log line. Anything a record raises that nothing
 foresaw ends that record, not the worker: it is dead-lettered as ``internal_error`` with the
 exception's type and masked message. Main-topic records are the producers': the worker's own
 headers on them are dropped unread, so only the retry topic (written by the worker and by
