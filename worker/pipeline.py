@@ -9,12 +9,12 @@ and hand them to the courier (``delivery.Courier``), which owns everything done 
                          done? / superseded? -> plan (that channel) -> Courier.again / replay
 
 Every record ends in exactly one ``Outcome`` (notified, retrying, held for quiet hours, skipped
-by a named rule, or dead-lettered with a reason) and one summary log line. Anything a record raises that nothing
-foresaw ends that record, not the worker: it is dead-lettered as ``internal_error`` with the
-exception's type and masked message. Main-topic records are the producers': the worker's own
-headers on them are dropped unread, so only the retry topic (written by the worker and by
-``dlq replay``) can say that a record is a retry or a replay. No Kafka here: the consumer
-hands in ``Envelope``s.
+by a named rule, or dead-lettered with a reason) and one summary log line. Anything a record
+raises that nothing foresaw ends that record, not the worker: it is dead-lettered as
+``internal_error`` with the exception's type and masked message. Main-topic records are the
+producers': the worker's own headers on them are dropped unread, so only the retry topic
+(written by the worker and by ``dlq replay``) can say that a record is a retry or a replay. No
+Kafka here: the consumer hands in ``Envelope``s.
 """
 
 from __future__ import annotations
