@@ -113,6 +113,7 @@ def _rate(count: int, seconds: float) -> float:
 
 def worker_env(target: Target, tuning: Tuning, data_dir: Path) -> dict[str, str]:
     return {
+        "SMS_QUIET_HOURS": "off",  # a run's figures must not depend on the hour it ran at
         **os.environ,
         **tuning.env(),
         "KAFKA_BOOTSTRAP_SERVERS": target.bootstrap,

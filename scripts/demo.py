@@ -88,6 +88,7 @@ def worker_env(
     bootstrap: str, out: Path, smtp_port: int, sms_port: int, metrics_port: int
 ) -> dict[str, str]:
     return {
+        "SMS_QUIET_HOURS": "off",  # every SMS shows at once, whatever the hour (env overrides)
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPIC": TOPIC,

@@ -183,6 +183,11 @@ class SmsSink:
         self.faults = Faults()
         self.requests: list[ReceivedSms] = []
         self.rejected = 0
+        # a provider's account rate: at most this many accepted per wall-clock second, above it
+        # 429 with ``Retry-After: <retry_after>``; ``arrivals`` keeps (time, status) of each POST
+        self.per_second: int | None = None
+        self.retry_after = "1"
+        self.arrivals: list[tuple[float, int]] = []
         self.connections = 0
         self._on_sms = on_sms
         self._server = _Server(("127.0.0.1", port), _sms_handler(self))
@@ -198,6 +203,20 @@ class SmsSink:
     @property
     def url(self) -> str:
         return f"{self._scheme}://127.0.0.1:{self.port}"
+
+    def over_rate(self) -> bool:
+        """Note a POST's arrival; True when it is over ``per_second`` (and then refused)."""
+        if self.per_second is None:
+            return False
+        with self.faults.lock:
+            now = time.time()
+            second = int(now)
+            accepted = sum(1 for at, status in self.arrivals if int(at) == second and status < 400)
+            over = accepted >= self.per_second
+            self.arrivals.append((now, 429 if over else 201))
+            if over:
+                self.rejected += 1
+            return over
 
     def start(self) -> SmsSink:
         self._thread.start()
@@ -233,6 +252,11 @@ def _sms_handler(sink: SmsSink) -> type[BaseHTTPRequestHandler]:
             if sink.faults.delay:
                 time.sleep(sink.faults.delay)
             fault = sink.faults.take()
+            if fault is None and sink.over_rate():
+                self._answer(
+                    429, {"code": 20429, "message": "too many"}, {"Retry-After": sink.retry_after}
+                )
+                return
             if fault is not None:
                 sink.rejected += 1
                 self._answer(int(fault), {"code": 20003, "message": "rejected by test sink"})
@@ -243,9 +267,13 @@ def _sms_handler(sink: SmsSink) -> type[BaseHTTPRequestHandler]:
                 sink._on_sms(received)
             self._answer(201, {"sid": f"SM{len(sink.requests):032d}", "status": "queued"})
 
-        def _answer(self, status: int, payload: dict[str, Any]) -> None:
+        def _answer(
+            self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
+        ) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

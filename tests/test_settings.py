@@ -28,6 +28,7 @@ from worker.settings import (
     KafkaSettings,
     LogFormat,
     LogSettings,
+    PacingSettings,
     SmsProvider,
     SmsSettings,
     SmtpSecurity,
@@ -44,6 +45,7 @@ SECTIONS = (
     SmsSettings,
     DedupSettings,
     AppSettings,
+    PacingSettings,
 )
 
 
@@ -231,6 +233,13 @@ def test_webhook_with_a_url(env: SetEnv) -> None:
         ("METRICS_PORT", "-1"),
         ("LIVENESS_RECORD_TTL", "0"),
         ("READINESS_TIMEOUT", "soon"),
+        ("SMS_QUIET_HOURS", "21-8"),
+        ("EMAIL_QUIET_HOURS", "22:00-22:00"),
+        ("DEFAULT_TIMEZONE", "Asia/Hanoi"),
+        ("QUIET_HOURS_DROP", "out_for_delivery,soon"),
+        ("QUIET_HOURS_RECHECK", "0"),
+        ("SMS_RATE_LIMIT", "-1"),
+        ("SMTP_RATE_LIMIT", "fast"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_its_variable(
@@ -441,3 +450,28 @@ def test_liveness_ttls_must_outlast_the_waits_they_allow(env: SetEnv) -> None:
         env, LIVENESS_POLL_TTL="300", LIVENESS_RECORD_TTL="60", CLAIM_LEASE="120"
     )
     assert record.startswith("LIVENESS_RECORD_TTL (60) must exceed CLAIM_LEASE (120)")
+
+
+def test_quiet_hours_and_rate_limits(env: SetEnv) -> None:
+    """SMS are quiet 21:00-08:00 by default, email never, no rate limit; each is set by its
+    variable (``off`` turns quiet hours off)."""
+    env()
+    pacing = load_settings().pacing
+    assert {c: str(w) for c, w in pacing.quiet_windows.items()} == {
+        "sms": "Window(start=datetime.time(21, 0), end=datetime.time(8, 0))",
+        "email": "None",
+    }
+    assert (pacing.default_timezone, pacing.expiring) == ("UTC", ())
+    assert (pacing.sms_rate_limit, pacing.smtp_rate_limit) == (None, None)
+    env(
+        SMS_QUIET_HOURS="off",
+        EMAIL_QUIET_HOURS="22:30-07:00",
+        DEFAULT_TIMEZONE="Asia/Ho_Chi_Minh",
+        QUIET_HOURS_DROP="out_for_delivery, available_for_pickup",
+        SMS_RATE_LIMIT="1",
+        SMTP_RATE_LIMIT="14.5",
+    )
+    pacing = load_settings().pacing
+    assert pacing.quiet_windows["sms"] is None and pacing.quiet_windows["email"] is not None
+    assert pacing.expiring == ("out_for_delivery", "available_for_pickup")
+    assert (pacing.sms_rate_limit, pacing.smtp_rate_limit) == (1.0, 14.5)

@@ -30,6 +30,8 @@ from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.preview import check
 from worker.probes import Check, Liveness, ProbeServer, Readiness
+from worker.quiet import quiet_hours
+from worker.ratelimit import throttles
 from worker.render import Renderer
 from worker.retry import Backoff, RetryLimits
 from worker.settings import Settings, SmsProvider
@@ -119,6 +121,8 @@ def build_pipeline(
         owner=f"{app.worker_id}/{os.getpid()}-{uuid.uuid4().hex[:8]}",
         lease=app.claim_lease,
         metrics=metrics,
+        quiet=quiet_hours(settings.pacing),
+        throttles=throttles(settings.pacing),
     )
     return Pipeline(
         store=store,

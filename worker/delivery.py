@@ -9,6 +9,12 @@ store write (accept with its claims, claim, reopen, mark_done).
       dead_lettered   permanent failure, retries exhausted, or a crash while sending it: on
                       the dead-letter topic, where ``dlq replay`` can reopen it
       stale           the shipment moved on, or the channel is no longer planned
+      held            the recipient's quiet hours (``quiet.QuietHours``): on the retry topic,
+                      due when they end; not a failure, no attempt counted
+      expired         quiet hours, and the status's news would be late by their end: dropped
+
+Each send waits for its channel's turn (``ratelimit.Throttle``: the configured rate, and any
+pause a provider's 429 asked for); a long wait renews the claim, so it never lapses.
 
 The outcome is written to the store only after the retry or dead-letter record is durable, so a
 crash in between leads to a resend attempt (guarded by the claim), never to a silent loss.
@@ -18,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from worker import headers
 from worker.channels import (
@@ -36,8 +44,10 @@ from worker.events import Event
 from worker.logs import get_logger, mask_email, mask_phone, terminal_text
 from worker.metrics import Metrics
 from worker.policy import Delivery
+from worker.quiet import Quiet, QuietHours
+from worker.ratelimit import Throttle
 from worker.render import Renderer, RenderError
-from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_text
+from worker.retry import Backoff, Held, RetryLimits, RetryState, first_retry, history_text
 
 log = get_logger(__name__)
 
@@ -57,6 +67,9 @@ class DeadLetters(Protocol):
 class Retries(Protocol):
     async def schedule(self, envelope: Envelope, state: RetryState, error: str) -> None:
         """Put the record on the retry topic for ``state``; return once it is durable."""
+
+    async def hold(self, envelope: Envelope, held: Held) -> None:
+        """Put the record on the retry topic until quiet hours end; return once durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +118,8 @@ class Courier:
         lease: float,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        quiet: QuietHours | None = None,
+        throttles: Mapping[str, Throttle] | None = None,
     ) -> None:
         self._store = store
         self._renderer = renderer
@@ -117,6 +132,8 @@ class Courier:
         self.lease = lease
         self._clock = clock
         self._metrics = metrics or Metrics()
+        self._quiet = quiet
+        self._throttles = throttles or {}
 
     async def first(
         self, event: Event, envelope: Envelope, deliveries: tuple[Delivery, ...]
@@ -207,6 +224,11 @@ class Courier:
     async def _deliver(self, notification: Notification) -> ChannelOutcome:
         """Send a claimed notification and record its outcome."""
         n = notification
+        quiet = self._quiet.check(n.event, n.channel, self._clock()) if self._quiet else None
+        if quiet is not None:
+            return await self._hold(n, quiet)
+        if n.envelope.header(headers.RETRY_HELD) is not None:  # only retry records carry it
+            log.info("notification_released", channel=n.channel, to=n.to)
         tries = 1 if n.retry else 1 + self._in_process.attempts
         try:
             took = await self._send(self._compose(n), n.to, tries)
@@ -221,6 +243,21 @@ class Courier:
         log.info("notification_sent", channel=n.channel, to=n.to)
         self._metrics.sent(n.channel, took, n.envelope.origin_timestamp())
         return ChannelOutcome.SENT
+
+    async def _hold(self, notification: Notification, quiet: Quiet) -> ChannelOutcome:
+        """Quiet hours: hold the notification until they end, or drop news that would be late."""
+        n, release = notification, _iso(quiet.release, quiet.zone)
+        where = {"channel": n.channel, "to": n.to, "zone": quiet.zone, "zone_from": quiet.source}
+        if quiet.expires:
+            await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.EXPIRED)
+            log.info("notification_expired", **where, quiet_until=release)
+            self._metrics.notification(n.channel, "skipped", "expired")
+            return ChannelOutcome.EXPIRED
+        await self._retries.hold(n.envelope, Held(n.channel, quiet.due, quiet.release, n.retry))
+        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.HELD)
+        log.info("notification_held", **where, release_at=release)
+        self._metrics.notification(n.channel, "held")
+        return ChannelOutcome.HELD
 
     def _compose(self, notification: Notification) -> Outgoing:
         event, delivery = notification.event, notification.delivery
@@ -248,10 +285,15 @@ class Courier:
         """Send, retrying a transient failure up to ``tries`` times in all; the seconds the
         accepted send took."""
         sender = self._senders[message.channel]
+        throttle = self._throttles.get(message.channel)
         for attempt in range(1, tries + 1):
             try:
+                if throttle is not None:
+                    await self._keep_claim(message, throttle.turn())
                 return await self._timed(sender, message)
             except TransientDeliveryError as exc:
+                if throttle is not None:
+                    throttle.refused(exc)
                 if attempt == tries:
                     raise
                 delay = self._in_process.backoff.delay(attempt)
@@ -277,6 +319,15 @@ class Courier:
             self._metrics.send_failed(message.channel, time.perf_counter() - started)
             raise
         return time.perf_counter() - started
+
+    async def _keep_claim(self, message: Outgoing, wait: Awaitable[None]) -> None:
+        """Await ``wait`` (a send's turn), renewing the claim while it lasts."""
+        waiting = asyncio.ensure_future(wait)
+        try:
+            while not (await asyncio.wait({waiting}, timeout=self.lease / 3))[0]:
+                await self._store.claim(message.event_id, message.channel, self.owner, self.lease)
+        finally:
+            waiting.cancel()
 
     async def _defer(self, notification: Notification, error: str) -> ChannelOutcome:
         n, now = notification, self._clock()
@@ -318,6 +369,11 @@ class Courier:
             "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
         )
         return ChannelOutcome.DEAD_LETTERED
+
+
+def _iso(at: float, zone: str) -> str:
+    """A moment in the recipient's zone, for the logs: 2026-12-05T08:00:00+07:00."""
+    return datetime.fromtimestamp(at, ZoneInfo(zone)).isoformat(timespec="seconds")
 
 
 def describe_exception(exc: BaseException) -> str:

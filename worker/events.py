@@ -9,10 +9,12 @@ producers can evolve; missing required fields, wrong types and unknown statuses 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 import unicodedata
+import zoneinfo
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Literal
@@ -91,6 +93,18 @@ def _plain_id(value: str) -> str:
     return value
 
 
+def iana_zone(value: str) -> str:
+    """An IANA time-zone name the worker knows (``Asia/Ho_Chi_Minh``), as given."""
+    if value not in _zone_names():
+        raise ValueError("must be an IANA time zone like Asia/Ho_Chi_Minh")
+    return value
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())  # reads the zone files once
+
+
 _URL = re.compile(r"https?://[^\s<>\"']+\Z")
 
 
@@ -159,6 +173,13 @@ class Customer(_Model):
     ) = None
     channels: list[Channel] | None = Field(
         None, description="Opt-in list; absent means every channel with a contact."
+    )
+    timezone: Annotated[str, StringConstraints(max_length=64), AfterValidator(iana_zone)] | None = (
+        Field(
+            None,
+            description="IANA time zone for quiet hours, e.g. Asia/Ho_Chi_Minh; absent: "
+            "from the phone number, else the locale's region, else DEFAULT_TIMEZONE.",
+        )
     )
 
 

@@ -28,6 +28,7 @@ RETRY_ATTEMPT = "retry.attempt"
 RETRY_DUE = "retry.due"
 RETRY_FIRST_FAILED = "retry.first_failed_at"
 RETRY_HISTORY = "retry.history"
+RETRY_HELD = "retry.held_until"  # a notification held for quiet hours: when they end
 # a dead letter put back by `dlq replay` (on the retry topic: see worker/dlq.py)
 REPLAY_FROM = "replay.from"
 REPLAY_REASON = "replay.reason"

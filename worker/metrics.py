@@ -11,12 +11,13 @@ Counted on the record path, through methods that take plain values:
 
 ``records_handled_total{topic, outcome, reason}``
     records of the main and the retry topic that reached an outcome: ``notified``,
-    ``retrying``, ``skipped``, ``dead_lettered`` (``record_handled``); ``reason`` is the rule
+    ``retrying``, ``held``, ``skipped``, ``dead_lettered`` (``record_handled``); ``reason`` is the rule
     that skipped the record (``duplicate``, ``out_of_order``, ...) or the dead letter's
     (``invalid_json``, ``delivery_failed``, ...), and empty otherwise.
 ``notifications_total{channel, outcome, reason}``
     what became of each channel of an event: ``sent`` (``sent``), or ``skipped``,
-    ``deferred``, ``dead_lettered``, ``superseded`` (``notification``). ``reason`` is the
+    ``deferred``, ``held`` (quiet hours), ``dead_lettered``, ``superseded``
+    (``notification``). ``reason`` is the
     rule that skipped it (``opted_out``, ``no_contact``, ...) or why it was dead-lettered,
     and empty otherwise: one label rather than ``skipped_<reason>`` outcomes, so that
     ``sum by (outcome)`` reads the whole picture and a new rule needs no new outcome.

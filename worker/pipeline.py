@@ -5,16 +5,16 @@ and hand them to the courier (``delivery.Courier``), which owns everything done 
       ├── a record the consumer could not read        -> dead-lettered (``undecodable``)
       ├── main topic:  decode -> load -> conflict? -> redelivery? -> rules -> plan
       │                  -> Courier.first / Courier.resume
-      └── retry topic: retry state -> decode -> load -> replay? / done? / superseded?
-                         -> plan (that channel) -> Courier.again / Courier.replay
+      └── retry topic: retry state (or a quiet-hours hold) -> decode -> load -> replay? /
+                         done? / superseded? -> plan (that channel) -> Courier.again / replay
 
-Every record ends in exactly one ``Outcome`` (notified, retrying, skipped by a named rule, or
-dead-lettered with a reason) and one summary log line. Anything a record raises that nothing
-foresaw ends that record, not the worker: it is dead-lettered as ``internal_error`` with the
-exception's type and masked message. Main-topic records are the producers': the worker's own
-headers on them are dropped unread, so only the retry topic (written by the worker and by
-``dlq replay``) can say that a record is a retry or a replay. No Kafka here: the consumer
-hands in ``Envelope``s.
+Every record ends in exactly one ``Outcome`` (notified, retrying, held for quiet hours, skipped
+by a named rule, or dead-lettered with a reason) and one summary log line. Anything a record
+raises that nothing foresaw ends that record, not the worker: it is dead-lettered as
+``internal_error`` with the exception's type and masked message. Main-topic records are the
+producers': the worker's own headers on them are dropped unread, so only the retry topic
+(written by the worker and by ``dlq replay``) can say that a record is a retry or a replay. No
+Kafka here: the consumer hands in ``Envelope``s.
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: str  # notified | retrying | skipped | dead_lettered
+    kind: str  # notified | retrying | held | skipped | dead_lettered
     reason: str = ""  # the skip rule or the dead-letter error type
     sent: tuple[str, ...] = ()
     deferred: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()  # waiting for the recipient's quiet hours to end
     error: str = ""  # why a record was dead-lettered
 
 
@@ -150,30 +151,30 @@ class Pipeline:
     async def _retry(self, envelope: Envelope) -> Outcome:
         """The next attempt of one channel of an accepted event, or a dead-lettered channel put
         back by ``dlq replay`` (``replay.from``, trusted on this topic only)."""
-        try:
-            state = retry.parse(dict(envelope.headers))
+        try:  # a held notification that never failed has no retry state
+            channel, state = retry.parse_waiting(dict(envelope.headers))
         except ValueError as exc:
             return await self._reject(envelope, "bad_retry_record", str(exc))
         event = await self._decoded(envelope)
         if isinstance(event, Outcome):
             return event
-        bind(channel=state.channel, attempt=state.attempt)
+        bind(channel=channel, attempt=state.attempt if state else 0)
         snapshot = await self._store.load(event.event_id, event.shipment.id)
-        done = snapshot.event.done.get(state.channel) if snapshot.event else None
+        done = snapshot.event.done.get(channel) if snapshot.event else None
         replayed = envelope.header(headers.REPLAY_FROM) is not None
         reopen = replayed and done == ChannelOutcome.DEAD_LETTERED
         if done is not None and done not in CLAIMABLE and not reopen:
             return Outcome("skipped", "duplicate")
         if _superseded(event, snapshot.shipment):
-            await self._courier.drop(event.event_id, (state.channel,), "superseded")
+            await self._courier.drop(event.event_id, (channel,), "superseded")
             return Outcome("skipped", "superseded")
-        deliveries = self._deliveries(event, (state.channel,))
+        deliveries = self._deliveries(event, (channel,))
         if not deliveries:  # the contact or the policy changed since the first attempt
-            await self._courier.drop(event.event_id, (state.channel,), "no_longer_planned")
+            await self._courier.drop(event.event_id, (channel,), "no_longer_planned")
             return Outcome("skipped", "no_channel")
         notification = Notification(event, envelope, deliveries[0], state)
         send = self._courier.replay if reopen else self._courier.again
-        return _summarize({state.channel: await send(notification)})
+        return _summarize({channel: await send(notification)})
 
     def _deliveries(self, event: Event, only: tuple[str, ...]) -> tuple[Delivery, ...]:
         """Which of the ``only`` channels of an accepted event it still gets, and where: the
@@ -196,22 +197,26 @@ def _summarize(results: dict[str, ChannelOutcome]) -> Outcome:
     """The record's outcome from its channels': notified when one was sent."""
     if not results:
         return Outcome("skipped", "no_channel")
-    sent, deferred, failed, stale = (
+    sent, deferred, failed, stale, held, expired = (
         tuple(c for c, r in results.items() if r is outcome)
         for outcome in (
             ChannelOutcome.SENT,
             ChannelOutcome.DEFERRED,
             ChannelOutcome.DEAD_LETTERED,
             ChannelOutcome.STALE,
+            ChannelOutcome.HELD,
+            ChannelOutcome.EXPIRED,
         )
     )
     if sent:
-        return Outcome("notified", sent=sent, deferred=deferred, failed=failed)
+        return Outcome("notified", sent=sent, deferred=deferred, failed=failed, held=held)
     if deferred:
-        return Outcome("retrying", deferred=deferred, failed=failed)
+        return Outcome("retrying", deferred=deferred, failed=failed, held=held)
     if failed:
-        return Outcome("dead_lettered", "delivery_failed", failed=failed)
-    return Outcome("skipped", "superseded" if stale else "duplicate")
+        return Outcome("dead_lettered", "delivery_failed", failed=failed, held=held)
+    if held:
+        return Outcome("held", held=held)
+    return Outcome("skipped", "expired" if expired else "superseded" if stale else "duplicate")
 
 
 def _log_outcome(outcome: Outcome) -> None:
@@ -219,11 +224,14 @@ def _log_outcome(outcome: Outcome) -> None:
         "sent": list(outcome.sent),
         "deferred": list(outcome.deferred),
         "failed": list(outcome.failed),
+        **({"held": list(outcome.held)} if outcome.held else {}),
     }
     if outcome.kind == "skipped":
         log.info(f"event_{outcome.reason}_skipped", outcome="skipped", rule=outcome.reason)
     elif outcome.kind == "notified":
         log.info("event_notified", outcome="notified", **channels)
+    elif outcome.kind == "held":
+        log.info("event_held", outcome="held", **channels)
     elif outcome.kind == "retrying":
         log.warning("event_retrying", outcome="retrying", **channels)
     elif outcome.error:  # the record itself

@@ -76,6 +76,29 @@ class RetryState:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A notification held for the recipient's quiet hours, on the retry topic until ``due``
+    (the window's opening ``release``, or an earlier check). ``retry``: its retry state when a
+    retry fell in quiet hours; holding it counts no attempt."""
+
+    channel: str
+    due: float
+    release: float
+    retry: RetryState | None = None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        if self.retry is None:
+            state = [(headers.RETRY_CHANNEL, self.channel.encode())]
+        else:
+            state = [(k, v) for k, v in self.retry.headers() if k != headers.RETRY_DUE]
+        return [
+            *state,
+            (headers.RETRY_DUE, repr(self.due).encode()),
+            (headers.RETRY_HELD, repr(self.release).encode()),
+        ]
+
+
 def history_text(history: tuple[tuple[float, str], ...]) -> str:
     """The failures as JSON: ``[{"at": ISO time, "error": ...}, ...]``, in ASCII: any error
     text (a server's reply in Latin-1, decoded with lone surrogates) is escaped, never
@@ -117,6 +140,22 @@ def parse(found: Mapping[str, bytes]) -> RetryState:
         )
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"not a retry record: {_short(exc)}") from exc
+
+
+def parse_waiting(found: Mapping[str, bytes]) -> tuple[str, RetryState | None]:
+    """The channel of a retry record and its retry state: none for a notification held for
+    quiet hours before its first attempt. ValueError as ``parse``."""
+    if headers.RETRY_HELD in found and headers.RETRY_ATTEMPT not in found:
+        try:
+            channel = found[headers.RETRY_CHANNEL].decode()
+            _finite(found[headers.RETRY_HELD])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not a held record: {_short(exc)}") from exc
+        if channel not in CHANNELS:
+            raise ValueError(f"not a held record: unknown channel {channel[:40]!r}")
+        return channel, None
+    state = parse(found)
+    return state.channel, state
 
 
 def due_time(found: Mapping[str, bytes]) -> float | None:

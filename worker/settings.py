@@ -15,7 +15,7 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     Field,
@@ -28,7 +28,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.addresses import http_url, plain_mailbox
 from worker.cloudevents import DEFAULT_TYPES
+from worker.events import Status, iana_zone
 from worker.policy import parse_policy
+from worker.quiet import Window
 
 
 class ConfigError(Exception):
@@ -368,6 +370,53 @@ class RetrySettings(_Section):
     max_delay: PositiveFloat = 3600.0
 
 
+class PacingSettings(_Section):
+    """When and how fast each channel may send: quiet hours in the recipient's time zone
+    (``worker/quiet.py``) and provider rate limits per process (``worker/ratelimit.py``)."""
+
+    sms_quiet_hours: str = Field("21:00-08:00", validation_alias="SMS_QUIET_HOURS")
+    email_quiet_hours: str = Field("off", validation_alias="EMAIL_QUIET_HOURS")
+    default_timezone: str = Field("UTC", validation_alias="DEFAULT_TIMEZONE")
+    quiet_hours_drop: str = Field("", validation_alias="QUIET_HOURS_DROP")
+    quiet_hours_recheck: PositiveFloat = Field(900.0, validation_alias="QUIET_HOURS_RECHECK")
+    smtp_rate_limit: PositiveFloat | None = Field(None, validation_alias="SMTP_RATE_LIMIT")
+    sms_rate_limit: PositiveFloat | None = Field(None, validation_alias="SMS_RATE_LIMIT")
+
+    @field_validator("sms_quiet_hours", "email_quiet_hours")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        Window.parse(value)
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return iana_zone(value)
+
+    @field_validator("quiet_hours_drop")
+    @classmethod
+    def _statuses(cls, value: str) -> str:
+        unknown = set(split_list(value)) - set(get_args(Status))
+        if unknown:
+            raise ValueError(f"unknown status {', '.join(sorted(unknown))}")
+        return value
+
+    @property
+    def quiet_windows(self) -> dict[str, Window | None]:
+        return {
+            "sms": Window.parse(self.sms_quiet_hours),
+            "email": Window.parse(self.email_quiet_hours),
+        }
+
+    @property
+    def expiring(self) -> tuple[str, ...]:
+        return split_list(self.quiet_hours_drop)
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 class Settings:
     """The whole tree. Build it with ``load_settings()``."""
 
@@ -381,6 +430,7 @@ class Settings:
         dedup: DedupSettings,
         app: AppSettings,
         retry: RetrySettings,
+        pacing: PacingSettings,
     ) -> None:
         self.kafka = kafka
         self.log = log
@@ -390,6 +440,7 @@ class Settings:
         self.dedup = dedup
         self.app = app
         self.retry = retry
+        self.pacing = pacing
 
     @property
     def dedup_url(self) -> str:
@@ -405,6 +456,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "dedup": DedupSettings,
     "app": AppSettings,
     "retry": RetrySettings,
+    "pacing": PacingSettings,
 }
 
 

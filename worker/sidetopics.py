@@ -1,5 +1,6 @@
 """Publishing to the side topics: the dead-letter topic (records that cannot be, or were not,
-notified) and the retry topic (notifications waiting for their next attempt).
+notified) and the retry topic (notifications waiting for their next attempt, or held for the
+recipient's quiet hours).
 
 Both keep the record unchanged (same key, value and producer headers) and add headers saying
 why and where it came from (``original.*`` always names the main-topic record). A publish is
@@ -18,7 +19,7 @@ from worker import headers
 from worker.envelope import Envelope
 from worker.logs import get_logger
 from worker.metrics import Metrics
-from worker.retry import RetryState
+from worker.retry import Held, RetryState
 from worker.settings import KafkaSettings
 
 log = get_logger(__name__)
@@ -101,6 +102,9 @@ class SideTopics:
         await self._send(
             self.retry_topic, envelope, [*origin_headers(envelope), *state.headers(), message]
         )
+
+    async def hold(self, envelope: Envelope, held: Held) -> None:
+        await self._send(self.retry_topic, envelope, [*origin_headers(envelope), *held.headers()])
 
     async def _send(self, topic: str, envelope: Envelope, fields: list[tuple[str, bytes]]) -> None:
         # Kafka takes no record without both key and value (a keyless tombstone, or a record

@@ -1,7 +1,9 @@
 """Delivery channels: one ``Sender`` per channel, and the errors that say what happens next.
 
     DeliveryError
-     ├── TransientDeliveryError   retry later: connection refused, timeout, SMTP 4xx, HTTP 429/5xx
+     ├── TransientDeliveryError   retry later: connection refused, timeout, SMTP 4xx, HTTP 5xx
+     │    └── ProviderThrottled   HTTP 429: the account is over its rate; every send of the
+     │                            channel waits (``Retry-After``, when the provider gave one)
      └── PermanentDeliveryError   dead-letter this channel's notification: SMTP 5xx, HTTP 4xx
 
 Adapters wrap their library's errors in these (``raise ... from exc``), so nothing above the
@@ -21,6 +23,15 @@ class DeliveryError(Exception):
 
 class TransientDeliveryError(DeliveryError):
     """The same send may succeed later."""
+
+
+class ProviderThrottled(TransientDeliveryError):
+    """The provider refused for rate (HTTP 429). ``retry_after``: seconds it asked the sender
+    to wait, when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -12,7 +12,8 @@ of CPU per request and this client 20-30, depending on the machine's day
 one.
 
 What it does, and no more:
-- ``post(url, body, headers)`` -> ``Response(status, body)``; no redirects followed, no
+- ``post(url, body, headers)`` -> ``Response(status, body, retry_after)`` (the one response
+  header a caller needs: a 429's or 503's ``Retry-After``); no redirects followed, no
   cookies, no proxies, no compression (no ``Accept-Encoding`` is sent, so bodies are plain);
 - at most ``pool_size`` requests at once, so at most ``pool_size`` connections to an origin;
   waiting for a free one has no time limit (the caller bounds its waiters);
@@ -50,6 +51,8 @@ header ends, so the client stops feeding it at the limit rather than checking af
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import functools
 import ssl
 from collections.abc import Mapping
@@ -65,6 +68,8 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADER_LINE = 8190
 MAX_HEADERS = 100
 MAX_INTERIM = 5
+# a provider asking for a longer pause is believed for this long: its own hour, not a day's
+MAX_RETRY_AFTER = 3600.0
 USER_AGENT = "shipment-notifier"
 
 
@@ -76,6 +81,7 @@ class HttpError(Exception):
 class Response:
     status: int
     body: bytes
+    retry_after: str | None = None  # the Retry-After header's value, as sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,24 @@ def request_bytes(target: Target, body: bytes, headers: Mapping[str, str]) -> by
         raise ValueError("an HTTP header name or value contains CR or LF")
     fields = f"{text}Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
     return target.head + fields + body
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """How long a ``Retry-After`` value asks to wait, in seconds from ``now`` (RFC 9110: a
+    number of seconds or an HTTP date), at most ``MAX_RETRY_AFTER``; None when absent or
+    unreadable. A date in the past asks for no wait."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        return float(min(int(text), MAX_RETRY_AFTER))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 9110 dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
 class HttpClient:
@@ -226,6 +250,7 @@ class _Connection(asyncio.Protocol):
         self._overhead = 0  # bytes after the head that were not body: framing, trailers
         self._headers = 0
         self._interim = 0
+        self._retry_after: str | None = None
 
     async def exchange(self, request: bytes) -> Response:
         """Write ``request``; the complete response, within the read timeout."""
@@ -313,6 +338,7 @@ class _Connection(asyncio.Protocol):
             self.close()
         self._status, self._framed, self._headers_done = 0, False, False
         self._headers = 0
+        self._retry_after = None
         self._body.clear()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -323,6 +349,8 @@ class _Connection(asyncio.Protocol):
             self._fail(HttpError(f"response header line over {MAX_HEADER_LINE} bytes"))
         elif name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
+        elif name.lower() == b"retry-after":
+            self._retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -347,7 +375,7 @@ class _Connection(asyncio.Protocol):
     def _complete(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._kept_alive = self._keep_alive
-            self._waiter.set_result(Response(self._status, bytes(self._body)))
+            self._waiter.set_result(Response(self._status, bytes(self._body), self._retry_after))
 
     def _fail(self, error: HttpError) -> None:
         if self._waiter is not None and not self._waiter.done():

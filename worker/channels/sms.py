@@ -14,15 +14,17 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from urllib.parse import urlencode
 
 from worker.channels import (
     Outgoing,
     PermanentDeliveryError,
+    ProviderThrottled,
     TransientDeliveryError,
     idempotency_key,
 )
-from worker.channels.http import HttpClient, HttpError, parse_url
+from worker.channels.http import HttpClient, HttpError, parse_url, retry_after_seconds
 
 # a provider's error object is a few hundred bytes: a larger refusal is not parsed for its code
 MAX_PARSED_BODY = 16 * 1024
@@ -54,7 +56,11 @@ class _HttpSender:
         except ValueError as exc:  # a URL or header the client cannot send, now or ever
             raise PermanentDeliveryError(f"SMS request cannot be sent: {exc}") from exc
         status, body = response.status, response.body
-        if status == 429 or status >= 500:
+        if status == 429:
+            wait = retry_after_seconds(response.retry_after, time.time())
+            after = f", retry after {wait:g}s" if wait is not None else ""
+            raise ProviderThrottled(f"SMS provider answered 429{after}", wait)
+        if status >= 500:
             raise TransientDeliveryError(f"SMS provider answered {status}")
         if not 200 <= status < 300:  # a redirect is not an accepted SMS either
             raise PermanentDeliveryError(

@@ -37,10 +37,12 @@ class ChannelOutcome(StrEnum):
     DEFERRED = "deferred"  # handed to the retry topic, which sends it later
     DEAD_LETTERED = "dead_lettered"  # on the dead-letter topic, until a replay reopens it
     STALE = "stale"  # dropped: the shipment moved on, or the channel is no longer planned
+    HELD = "held"  # quiet hours: on the retry topic until the recipient's window opens
+    EXPIRED = "expired"  # quiet hours, and its status's news would be late by then: dropped
 
 
 # an outcome that still leaves the channel to be sent (by its retry record)
-CLAIMABLE = frozenset({ChannelOutcome.DEFERRED})
+CLAIMABLE = frozenset({ChannelOutcome.DEFERRED, ChannelOutcome.HELD})
 
 
 @dataclass(frozen=True, slots=True)
