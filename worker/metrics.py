@@ -11,9 +11,9 @@ Counted on the record path, through methods that take plain values:
 
 ``records_handled_total{topic, outcome, reason}``
     records of the main and the retry topic that reached an outcome: ``notified``,
-    ``retrying``, ``held``, ``skipped``, ``dead_lettered`` (``record_handled``); ``reason`` is the rule
-    that skipped the record (``duplicate``, ``out_of_order``, ...) or the dead letter's
-    (``invalid_json``, ``delivery_failed``, ...), and empty otherwise.
+    ``retrying``, ``held``, ``skipped``, ``dead_lettered`` (``record_handled``); ``reason``
+    is the rule that skipped the record (``duplicate``, ``stale``, ...) or the dead letter's
+    (``not_json``, ``delivery_failed``, ...), and empty otherwise.
 ``notifications_total{channel, outcome, reason}``
     what became of each channel of an event: ``sent`` (``sent``), or ``skipped``,
     ``deferred``, ``held`` (quiet hours), ``dead_lettered``, ``superseded``

@@ -60,9 +60,9 @@ class Pipeline:
         locale_for: Callable[[str | None], str],
         retry_topic: str,
         metrics: Metrics | None = None,
-        decode: Decoder,
+        decode: Decoder | None = None,
     ) -> None:
-        self._decode = decode
+        self._decode = decode or Decoder()  # plain JSON and CloudEvents of the default types
         self._store = store
         self._courier = courier
         self._policy = policy
