@@ -13,8 +13,9 @@ Encodings (3GPP TS 23.038):
 A segment never ends between an escape and its character, nor inside a surrogate pair (phones
 would show two broken halves), so a text with such characters may need one segment more than
 its length divided by 153 or 67 says. The alphabet comes from the ``gsm0338`` codec's tables,
-decoded once at import; counting here is set arithmetic, since that codec's ``encode`` takes
-about 130 us for one SMS (a render takes 9).
+decoded once at import; counting here is a regex scan, since that codec's ``encode`` builds
+its bytes one character at a time and costs many times a whole render
+(``tests/test_sms_text.py`` checks the count against it).
 
 Unaccented: Vietnamese written without diacritics is how many people text, and it is GSM-7:
 two to three times cheaper than the UCS-2 text. ``unaccented`` drops the combining diacritical
