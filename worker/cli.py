@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     check = commands.add_parser(
-        "check", help="render every status x channel x locale with sample data; exit 1 on errors"
+        "check",
+        help="render every status x channel x locale with sample data, print each SMS "
+        "template's segments; exit 1 on errors or an SMS over SMS_MAX_SEGMENTS",
     )
     check.set_defaults(func=_check)
 
