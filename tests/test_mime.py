@@ -305,10 +305,11 @@ def test_long_display_names_in_from_and_reply_to_are_folded_too() -> None:
     assert decoded_header(wire.data, "Reply-To") == f"{name} <help@shop.example>"
 
 
-@pytest.mark.parametrize("unit", ["a", "ễ", "👩‍👩‍👧", "e\u0301"])
+@pytest.mark.parametrize("unit", ["a", "ễ", "👩‍👩‍👧", "e\u0301", "🇻🇳", "\u1112\u1161\u11ab"])
 def test_a_display_name_is_cut_to_a_bound_between_characters(unit: str) -> None:
     """A name far past ``MAX_DISPLAY_NAME`` characters goes out as its start, cut before a
-    combining mark or a joined emoji's rest, so the header stays short whatever the name."""
+    combining mark, a joined emoji's rest, a flag's second letter or a Hangul syllable's
+    jamo, so the header stays short whatever the name."""
     name = "x" + unit * 5000  # "x": the bound falls inside a unit for every unit here
     wire = MimeBuilder("shop@shop.example", None).build(outgoing(recipient_name=name), now=NOW)
     sent = decoded_header(wire.data, "To").removesuffix(" <an@example.com>")

@@ -302,6 +302,10 @@ GOLDEN_CASES = [
     ("ko", "delivered", "text"),
     ("de", "delayed", "sms"),
     ("de", "delivery_failed", "text"),
+    # SMS_UNACCENTED=vi
+    ("vi", "delivered", "sms_unaccented"),
+    ("vi", "out_for_delivery", "sms_unaccented"),
+    ("vi", "delivery_failed", "sms_unaccented"),
 ]
 
 
@@ -309,6 +313,9 @@ def render_part(renderer: Renderer, locale: str, status: str, part: str) -> str:
     event = sample_event(status, locale)
     if part == "sms":
         return renderer.sms(event).text
+    if part == "sms_unaccented":
+        plain = Renderer(TEMPLATES, "en", DEFAULT_SHOP, sms_unaccented=frozenset({locale}))
+        return plain.sms(event).text
     rendered = renderer.email(event)
     return {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}[part]
 

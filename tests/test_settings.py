@@ -475,3 +475,29 @@ def test_quiet_hours_and_rate_limits(env: SetEnv) -> None:
     assert pacing.quiet_windows["sms"] is None and pacing.quiet_windows["email"] is not None
     assert pacing.expiring == ("out_for_delivery", "available_for_pickup")
     assert (pacing.sms_rate_limit, pacing.smtp_rate_limit) == (1.0, 14.5)
+
+
+def test_sms_cost_settings(env: SetEnv) -> None:
+    """SMS_MAX_SEGMENTS defaults to 4; SMS_UNACCENTED is a comma list of template locales, any
+    case and spacing, empty by default."""
+    sms = load_settings().sms
+    assert (sms.max_segments, sms.unaccented_locales) == (4, frozenset())
+    env(SMS_MAX_SEGMENTS="2", SMS_UNACCENTED=" VI , ko,")
+    sms = load_settings().sms
+    assert (sms.max_segments, sms.unaccented_locales) == (2, frozenset({"vi", "ko"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("SMS_MAX_SEGMENTS", "0", "SMS_MAX_SEGMENTS: Input should be greater than or equal to 1"),
+        ("SMS_MAX_SEGMENTS", "11", "SMS_MAX_SEGMENTS: Input should be less than or equal to 10"),
+        ("SMS_UNACCENTED", "vi-VN", "SMS_UNACCENTED: 'vi-vn' is not a template locale like vi"),
+    ],
+)
+def test_an_sms_cost_setting_out_of_range_names_its_variable(
+    env: SetEnv, name: str, value: str, problem: str
+) -> None:
+    """More segments than Twilio advises, none, or a locale that is no template folder's name
+    is one line naming the variable."""
+    assert problems_of(env, **{name: value}) == [f"{problem} (got {value!r})"]

@@ -1,7 +1,8 @@
-"""SMS length: every rendered SMS stays within the renderer's bound, for every template and
-locale, whatever the event's fields hold. The free-text fields give way first, each ending in
-an ellipsis, so the template's own words stay; cutting the whole text is the last resort, and
-nothing is ever cut inside a character as people see it."""
+"""SMS length: every rendered SMS stays within the renderer's budget (segments, in the encoding
+its text needs, and the provider's hard limit), for every template and locale, whatever the
+event's fields hold. The free-text fields give way first, each ending in an ellipsis, so the
+template's own words stay; cutting the whole text is the last resort, and nothing is ever cut
+inside a character as people see it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 from tests.factories import event
 from worker.events import Event, Shop, Status
-from worker.render import SMS_MAX_LENGTH, SMS_PROVIDER_MAX, Renderer, _cut, sms_length
+from worker.graphemes import cut, utf16_length
+from worker.render import Renderer, RenderError
+from worker.sms_text import Encoding, SmsBudget, measure, unaccented
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -36,10 +39,17 @@ NOTES = {
 LONGEST_EMAIL = "e" * 64 + "@" + "d" * 63 + "." + "d" * 63 + "." + "d" * 57 + ".com"
 
 
+DEFAULT = SmsBudget()
+
+
 @pytest.fixture(scope="module")
 def renderer() -> Renderer:
-    """A renderer over the repository's templates with the default bound."""
+    """A renderer over the repository's templates with the default budget."""
     return Renderer(TEMPLATES, "en", Shop(name="Our shop"))
+
+
+def fits(text: str, budget: SmsBudget = DEFAULT) -> bool:
+    return budget.fits(measure(text), text)
 
 
 def an_event(status: str, locale: str, **shipment: Any) -> Event:
@@ -55,22 +65,17 @@ def an_event(status: str, locale: str, **shipment: Any) -> Event:
     )
 
 
-def test_the_default_bound_is_within_the_providers_limit() -> None:
-    """Twilio refuses an SMS over 1,600 characters; the default stays well inside it."""
-    assert SMS_MAX_LENGTH <= SMS_PROVIDER_MAX == 1600
-
-
 @pytest.mark.parametrize("locale", LOCALES)
 def test_a_2000_character_detail_gives_way_and_the_template_keeps_its_words(
     renderer: Renderer, locale: str
 ) -> None:
-    """The delivery_failed SMS with the longest detail fits the bound: its text is the short
+    """The delivery_failed SMS with the longest detail fits the budget: its text is the short
     detail's text with the detail cut at a word's end and an ellipsis, all else unchanged."""
     detail = (NOTES[locale] * 100)[:2000]
     short = renderer.sms(an_event("delivery_failed", locale, detail="DETAIL")).text
     before, after = short.split("DETAIL")
     text = renderer.sms(an_event("delivery_failed", locale, detail=detail)).text
-    assert sms_length(text) <= SMS_MAX_LENGTH
+    assert fits(text)
     assert text.startswith(before) and text.endswith(after)
     kept = text[len(before) : len(text) - len(after)]
     ellipsis = next(e for e in ELLIPSES if kept.endswith(e))
@@ -106,7 +111,7 @@ def test_a_tracking_url_too_long_to_fit_is_left_out_rather_than_broken(
     """A cut URL would be a broken link: the SMS goes without its tracking line instead."""
     url = "https://track.example/" + "a" * 1970
     text = renderer.sms(an_event("shipped", "en", tracking_url=url)).text
-    assert sms_length(text) <= SMS_MAX_LENGTH
+    assert fits(text)
     assert "https://" not in text
     assert text == renderer.sms(an_event("shipped", "en", tracking_url=None)).text
 
@@ -117,13 +122,14 @@ FIELDS = ("order_id", "tracking_number", "carrier", "location", "detail")
 def test_a_link_left_out_makes_room_for_the_fields_shortened_before_it(
     renderer: Renderer,
 ) -> None:
-    """Once the link is left out, the detail keeps what the bound leaves without it."""
+    """Once the link is left out, the detail keeps what the budget leaves without it."""
     url = "https://track.example/" + "a" * 600
     detail = (NOTES["en"] * 100)[:2000]
     text = renderer.sms(an_event("delivery_failed", "en", tracking_url=url, detail=detail)).text
-    assert sms_length(text) <= SMS_MAX_LENGTH
+    assert fits(text)
     assert "https://" not in text
-    assert sms_length(text) > SMS_MAX_LENGTH - 20  # the detail took the link's room
+    cost = measure(text)
+    assert cost.units > DEFAULT.capacity(cost.encoding) - 20  # the detail took the link's room
     plain = renderer.sms(an_event("delivery_failed", "en", tracking_url=None)).text
     assert text.endswith(plain[-20:])  # the template's own end, not a cut
 
@@ -155,10 +161,10 @@ def _longest(status: str, locale: str, marked: bool = False) -> Event:
 def test_every_template_keeps_its_words_with_every_field_at_its_longest(
     renderer: Renderer, status: str, locale: str
 ) -> None:
-    """Each status and locale fits the default bound by shortening fields, never by cutting
+    """Each status and locale fits the default budget by shortening fields, never by cutting
     the text: every word between the fields is there, in order."""
     text = renderer.sms(_longest(status, locale)).text
-    assert sms_length(text) <= SMS_MAX_LENGTH
+    assert fits(text)
     marked = renderer.sms(_longest(status, locale, marked=True)).text
     position = 0
     for words in re.split(r"<[a-z_]+>", marked):
@@ -168,20 +174,68 @@ def test_every_template_keeps_its_words_with_every_field_at_its_longest(
     assert text.endswith(words)
 
 
-def test_the_bound_is_a_value_a_budget_can_set_and_the_last_resort_cuts_the_text() -> None:
-    """With a bound below the template's own words, the whole text is cut at the bound."""
-    small = Renderer(TEMPLATES, "en", Shop(name="Our shop"), sms_max_length=40)
+def test_the_last_resort_cuts_the_text_when_the_templates_words_are_over_the_budget() -> None:
+    """With a length below the template's own words, the whole text is cut to fit."""
+    budget = SmsBudget(1, length=40)
+    small = Renderer(TEMPLATES, "en", Shop(name="Our shop"), sms_budget=budget)
     for status in STATUSES:
         text = small.sms(_longest(status, "vi")).text
-        assert sms_length(text) <= 40
+        assert fits(text, budget)
+        assert utf16_length(text) <= 40
         assert text.endswith("…")
 
 
-def test_a_bound_outside_the_providers_limit_is_refused() -> None:
-    """A bound over what the provider accepts, or too small for an ellipsis, is a bug."""
-    for bound in (SMS_PROVIDER_MAX + 1, 2):
-        with pytest.raises(ValueError, match="sms_max_length"):
-            Renderer(TEMPLATES, "en", Shop(name="Our shop"), sms_max_length=bound)
+@pytest.mark.parametrize("segments", [1, 2, 3])
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_smaller_segment_budget_shortens_the_detail_and_keeps_the_templates_words(
+    segments: int, locale: str
+) -> None:
+    """``SMS_MAX_SEGMENTS`` of 1 to 3: a delivery_failed SMS with a 2,000-character detail fits
+    it and says what it costs. Where the SMS with a 20-character detail fits, the long one is
+    shortened and the template's words after it stay; where not even that fits, the text is
+    cut with an ellipsis."""
+    budget = SmsBudget(segments)
+    small = Renderer(TEMPLATES, "en", Shop(name="Our shop"), sms_budget=budget)
+
+    def sms(detail: str) -> Event:
+        return an_event("delivery_failed", locale, detail=detail, tracking_url=None)
+
+    rendered = small.sms(sms((NOTES[locale] * 100)[:2000]))
+    cost = measure(rendered.text)
+    assert fits(rendered.text, budget)
+    assert (rendered.encoding, rendered.segments) == (cost.encoding, cost.segments)
+    short = small.sms_as_written(sms("x" * 20)).text
+    if fits(short, budget):
+        assert rendered.text.endswith(short.split("x" * 20)[1])
+    else:
+        assert rendered.text.endswith(ELLIPSES)
+
+
+@pytest.mark.parametrize("segments", [1, 2, 4])
+@pytest.mark.parametrize("status", STATUSES)
+def test_unaccented_vietnamese_fits_the_budget_as_gsm7(status: str, segments: int) -> None:
+    """With SMS_UNACCENTED=vi, a Vietnamese SMS whose every field is at its longest fits the
+    budget with no diacritic left, in GSM-7 (its ellipsis is three dots)."""
+    budget = SmsBudget(segments)
+    plain = Renderer(
+        TEMPLATES, "en", Shop(name="Our shop"), sms_budget=budget, sms_unaccented=frozenset({"vi"})
+    )
+    rendered = plain.sms(_longest(status, "vi"))
+    assert fits(rendered.text, budget)
+    assert rendered.encoding is Encoding.GSM7
+    assert rendered.text == unaccented(rendered.text)
+    assert "…" not in rendered.text
+
+
+def test_unaccented_applies_to_its_locales_only() -> None:
+    """SMS_UNACCENTED=vi leaves German umlauts and Korean alone; a locale without templates is
+    refused when the renderer is built."""
+    plain = Renderer(TEMPLATES, "en", Shop(name="Our shop"), sms_unaccented=frozenset({"vi"}))
+    assert "ö" in plain.sms(an_event("delayed", "de")).text
+    assert "배송" in plain.sms(an_event("delayed", "ko")).text
+    assert "đ" not in plain.sms(an_event("delayed", "vi")).text
+    with pytest.raises(RenderError, match="SMS_UNACCENTED fr: no templates"):
+        Renderer(TEMPLATES, "en", Shop(name="Our shop"), sms_unaccented=frozenset({"fr"}))
 
 
 # every character an event's text field accepts: no control characters or line separators
@@ -219,9 +273,13 @@ def events(draw: st.DrawFn) -> Event:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events())
 def test_no_event_renders_an_sms_over_the_bound(event_: Event) -> None:
-    """Whatever the event's fields hold, its SMS fits the default bound."""
+    """Whatever the event's fields hold, its SMS fits the default budget, and what it says it
+    costs is what its text costs."""
     renderer = Renderer(TEMPLATES, "en", Shop(name="Our shop"))
-    assert sms_length(renderer.sms(event_).text) <= SMS_MAX_LENGTH
+    rendered = renderer.sms(event_)
+    assert fits(rendered.text)
+    cost = measure(rendered.text)
+    assert (rendered.encoding, rendered.segments) == (cost.encoding, cost.segments)
 
 
 def _splits(text: str, at: int) -> bool:
@@ -263,11 +321,11 @@ def test_a_cut_is_a_start_of_the_text_within_the_units_and_between_characters(
     """A cut never passes the bound in UTF-16 units (what SMS count) and never ends inside a
     character as people see it: not before a combining mark, inside a surrogate pair, an
     emoji sequence or a Hangul syllable's jamo, or between a flag's two letters."""
-    cut = _cut(text, units)
-    assert text.startswith(cut)
-    assert sms_length(cut) <= units
-    assert not _splits(text, len(cut))
-    flags = sum(1 for c in cut if "\U0001f1e6" <= c <= "\U0001f1ff")
+    kept = cut(text, units)
+    assert text.startswith(kept)
+    assert utf16_length(kept) <= units
+    assert not _splits(text, len(kept))
+    flags = sum(1 for c in kept if "\U0001f1e6" <= c <= "\U0001f1ff")
     assert flags % 2 == 0
-    jamo = "\u1160" <= text[len(cut) : len(cut) + 1] <= "\u11ff"
+    jamo = "\u1160" <= text[len(kept) : len(kept) + 1] <= "\u11ff"
     assert not jamo

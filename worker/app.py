@@ -36,6 +36,7 @@ from worker.render import Renderer
 from worker.retry import Backoff, RetryLimits
 from worker.settings import Settings, SmsProvider
 from worker.sidetopics import SideTopics, build_producer
+from worker.sms_text import SmsBudget
 from worker.topics import ensure_side_topics
 
 log = get_logger(__name__)
@@ -48,7 +49,13 @@ class StartupError(Exception):
 def build_renderer(settings: Settings) -> Renderer:
     app = settings.app
     shop = Shop(name=app.shop_name, url=app.shop_url, support_email=app.shop_support_email)
-    return Renderer(app.templates_dir, app.default_locale, shop)
+    return Renderer(
+        app.templates_dir,
+        app.default_locale,
+        shop,
+        sms_budget=SmsBudget(settings.sms.max_segments),
+        sms_unaccented=settings.sms.unaccented_locales,
+    )
 
 
 def checked_renderer(settings: Settings) -> Renderer:

@@ -19,7 +19,7 @@ from worker import app, asyncapi, dlq, logs, preview, probes
 from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.policy import CHANNELS, STATUSES
-from worker.render import RenderError
+from worker.render import Renderer, RenderError
 from worker.settings import ConfigError, EventLoop, Settings, load_settings
 
 log = logs.get_logger(__name__)
@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     health.set_defaults(func=_health)
 
     check = commands.add_parser(
-        "check", help="render every status x channel x locale with sample data; exit 1 on errors"
+        "check",
+        help="render every status x channel x locale with sample data, print each SMS "
+        "template's segments; exit 1 on errors or an SMS over SMS_MAX_SEGMENTS",
     )
     check.set_defaults(func=_check)
 
@@ -167,7 +169,32 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
         f"{count - len(failures)}/{count} renders ok: {len(STATUSES)} statuses x "
         f"{len(CHANNELS)} channels x locales {locales} x full and minimal data"
     )
-    return EXIT_PROBLEM if failures else 0
+    over = _check_sms_costs(renderer, settings.sms.unaccented or "none")
+    return EXIT_PROBLEM if failures or over else 0
+
+
+def _check_sms_costs(renderer: Renderer, unaccented: str) -> int:
+    """Print the segments and encoding of every SMS template with long fields, then a FAIL
+    line for each over the budget; return how many are over."""
+    rows = preview.sms_costs(renderer)
+    budget = renderer.sms_budget.segments
+    locales = sorted({row.locale for row in rows})
+    print(
+        f"\nSMS segments and encoding with long fields, every field whole "
+        f"(SMS_MAX_SEGMENTS={budget}, SMS_UNACCENTED={unaccented}):"
+    )
+    print(f"{'status':22}" + "".join(f"{locale:10}" for locale in locales).rstrip())
+    cells = {(row.status, row.locale): f"{row.segments} {row.encoding}" for row in rows}
+    for status in STATUSES:
+        line = "".join(f"{cells[status, locale]:10}" for locale in locales)
+        print(f"{status:22}{line}".rstrip())
+    over = [row for row in rows if row.segments > budget]
+    for row in over:
+        print(
+            f"FAIL {row.locale}/sms/{row.status}: {row.segments} segments ({row.encoding}) "
+            f"with long fields, over SMS_MAX_SEGMENTS={budget}"
+        )
+    return len(over)
 
 
 def _preview(settings: Settings, args: argparse.Namespace) -> int:

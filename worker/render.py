@@ -8,13 +8,16 @@ Locale fallback: ``vi-VN`` -> ``vi`` -> the default locale. ``layouts/visibility
 (which optional facts a status shows) runs once per email and reaches both email bodies as
 ``show``.
 
-SMS length: every SMS is at most ``sms_max_length`` UTF-16 code units (what SMS segments
-count: an emoji is two), ``SMS_MAX_LENGTH`` unless a caller passes a smaller bound, e.g. a
-segment budget. When a render passes it, the event's fields give way in ``_GIVE_WAY``'s order
-(free text first, identifiers last), each shortened with an ellipsis to what the bound leaves
-it, or left out when part of it is useless (a link, an address); the templates' own words
-stay. Only when that is not enough is the text itself cut. Nothing is cut inside a character
-as people see it, and an SMS within the bound costs one comparison more.
+SMS cost: every SMS fits the renderer's ``SmsBudget`` (``worker.sms_text``): at most
+``SMS_MAX_SEGMENTS`` segments in the encoding its text needs, and never over the provider's
+hard limit. A locale in ``sms_unaccented`` (``SMS_UNACCENTED``) sends its SMS without
+diacritics, which makes a Vietnamese text GSM-7. When a render is over the budget, the event's
+fields give way in ``_GIVE_WAY``'s order (free text first, identifiers last), each shortened
+with an ellipsis to what the budget leaves it, or left out when part of it is useless (a link,
+an address); the templates' own words stay. Only when that is not enough is the text itself
+cut. Nothing is cut inside a character as people see it. ``RenderedSms`` carries the encoding
+and segment count of what is sent (what the metrics count); ``sms_as_written`` renders without
+the budget, for ``python -m worker check``.
 
 Cost: a render is Jinja's generated code; around it, what ``Template.render`` and
 ``extends`` redo at every render is done once (see ``Renderer._prepared``): a template and
@@ -27,7 +30,6 @@ of ``model_dump``, shared as is) and a cheaper ``_tidy`` this took an email from
 from __future__ import annotations
 
 import functools
-import unicodedata
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -50,19 +52,16 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
+from worker import graphemes
 from worker.events import Event, Shop
+from worker.sms_text import Encoding, SmsBudget, ellipsis_for, measure, unaccented
 
 VISIBILITY = "layouts/visibility.jinja"
 # Contexts kept for an event's second channel. Its render comes when the loop reaches the task
 # of that channel, after the other tasks ready by then: with 512 records in flight, 256 contexts
 # (about 1 MB) cover nearly every email+SMS event.
 RECENT_CONTEXTS = 256
-# Twilio refuses a longer SMS
-SMS_PROVIDER_MAX = 1600
-# Ten UCS-2 segments of 67 (every Vietnamese and Korean SMS is UCS-2): far past what the
-# templates write with ordinary fields (two or three segments), a cost a shop can accept for an
-# unusual event, and well inside what the provider takes. A segment budget passes less.
-SMS_MAX_LENGTH = 10 * 67
+DEFAULT_SMS_BUDGET = SmsBudget()
 # the fields that give way, in order: (context section, key), and which are left out rather
 # than shortened, since part of a link or an address is no use
 _GIVE_WAY = (
@@ -93,6 +92,8 @@ class RenderedEmail:
 @dataclass(frozen=True, slots=True)
 class RenderedSms:
     text: str
+    encoding: Encoding
+    segments: int
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -182,11 +183,10 @@ class Renderer:
         default_locale: str,
         default_shop: Shop,
         *,
-        sms_max_length: int = SMS_MAX_LENGTH,
+        sms_budget: SmsBudget = DEFAULT_SMS_BUDGET,
+        sms_unaccented: frozenset[str] = frozenset(),
     ) -> None:
-        if not 3 <= sms_max_length <= SMS_PROVIDER_MAX:  # 3: room for an ellipsis
-            raise ValueError(f"sms_max_length must be 3 to {SMS_PROVIDER_MAX}: {sms_max_length}")
-        self.sms_max_length = sms_max_length
+        self.sms_budget = sms_budget
         self._env = _Environment(
             loader=FileSystemLoader(templates_dir),
             undefined=StrictUndefined,
@@ -212,6 +212,13 @@ class Renderer:
                 f" (have: {', '.join(sorted(self.locales))})"
             )
         self.default_locale = default_locale
+        unknown = sorted(sms_unaccented - self.locales)
+        if unknown:
+            raise RenderError(
+                f"SMS_UNACCENTED {', '.join(unknown)}: no templates in {templates_dir}"
+                f" (have: {', '.join(sorted(self.locales))})"
+            )
+        self.sms_unaccented = sms_unaccented
         self._default_shop = default_shop
         # the contexts of the last events rendered, by id: an event's email and SMS are
         # composed in two tasks, with other events' renders in between
@@ -242,39 +249,52 @@ class Renderer:
         )
 
     def sms(self, event: Event) -> RenderedSms:
+        """The event's SMS within the budget."""
         locale, context = self._context(event)
         name = f"{locale}/sms/{event.status}.txt"
-        text = _tidy(self._render(name, context))
-        limit = self.sms_max_length
-        if len(text) * 2 > limit and sms_length(text) > limit:  # a code point is 1 or 2 units
-            text = self._shortened_sms(name, context, text)
-        return RenderedSms(text)
+        text = self._sms_text(locale, name, context)
+        cost = measure(text)
+        if not self.sms_budget.fits(cost, text):
+            text = self._shortened_sms(locale, name, context, text)
+            cost = measure(text)
+        return RenderedSms(text, cost.encoding, cost.segments)
 
-    def _shortened_sms(self, name: str, context: dict[str, Any], text: str) -> str:
-        """``text`` within the bound: the fields give way in turn, in copies of the context
-        (the event's other channel shares it), until the render fits. Leaving a field out
-        makes room for those shortened before it: they start again from their whole values."""
-        limit, ellipsis = self.sms_max_length, _ellipsis(text)
+    def sms_as_written(self, event: Event) -> RenderedSms:
+        """The event's SMS with every field whole, whatever it costs."""
+        locale, context = self._context(event)
+        text = self._sms_text(locale, f"{locale}/sms/{event.status}.txt", context)
+        cost = measure(text)
+        return RenderedSms(text, cost.encoding, cost.segments)
+
+    def _sms_text(self, locale: str, name: str, context: dict[str, Any]) -> str:
+        text = _tidy(self._render(name, context))
+        return unaccented(text) if locale in self.sms_unaccented else text
+
+    def _shortened_sms(self, locale: str, name: str, context: dict[str, Any], text: str) -> str:
+        """``text`` within the budget: the fields give way in turn, in copies of the context
+        (the event's other channel shares it), until the render fits. A field is shortened
+        again while the render is still over (a segment's last unit may stay empty) and it can
+        keep ``_MIN_KEPT``. Leaving a field out makes room for those shortened before it: they
+        start again from their whole values."""
+        budget, ellipsis = self.sms_budget, ellipsis_for(text)
         whole = shortened = context
+        cost = measure(text)
         position = 0
-        while position < len(_GIVE_WAY) and sms_length(text) > limit:
+        while position < len(_GIVE_WAY) and not budget.fits(cost, text):
             section, key = _GIVE_WAY[position]
-            position += 1
             value = shortened[section][key]
-            if not value:
-                continue
-            if key in _LEFT_OUT:
+            if key in _LEFT_OUT and value:
                 whole = shortened = _replaced(whole, section, key, None)
                 position = 0
             else:
-                short = _shortened(value, sms_length(text) - limit, ellipsis)
+                short = value and _shortened(value, budget.excess(cost, text), ellipsis)
                 if short == value:
+                    position += 1
                     continue
                 shortened = _replaced(shortened, section, key, short)
-            text = _tidy(self._render(name, shortened))
-        if sms_length(text) <= limit:
-            return text
-        return _cut(text, limit - len(ellipsis)).rstrip() + ellipsis
+            text = self._sms_text(locale, name, shortened)
+            cost = measure(text)
+        return text if budget.fits(cost, text) else _cut_to(budget, text, ellipsis)
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
         try:
@@ -419,85 +439,30 @@ def _tidy(text: str) -> str:
     return tidy
 
 
-def sms_length(text: str) -> int:
-    """How long ``text`` is as SMS count it: UTF-16 code units."""
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
-
-
-# GSM 03.38's alphabet and its extension table: an SMS of these only is 7-bit (160 a segment)
-_GSM7 = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà\f^{}\\[~]|€"
-)
-
-
 def _replaced(context: dict[str, Any], section: str, key: str, value: str | None) -> dict[str, Any]:
     return {**context, section: {**context[section], key: value}}
-
-
-def _ellipsis(text: str) -> str:
-    """ "…" is not in the GSM alphabet: in a 7-bit SMS it would make the whole text UCS-2."""
-    return "..." if _GSM7.issuperset(text) else "…"
 
 
 def _shortened(value: str, over: int, ellipsis: str) -> str:
     """``value`` shorter by at least ``over`` units if it can keep ``_MIN_KEPT``, ending at a
     word's end when one is near, then the ellipsis."""
-    keep = max(_MIN_KEPT, sms_length(value) - over - len(ellipsis))
-    if keep + len(ellipsis) >= sms_length(value):
+    length = graphemes.utf16_length(value)
+    keep = max(_MIN_KEPT, length - over - len(ellipsis))
+    if keep + len(ellipsis) >= length:
         return value
-    kept = _cut(value, keep)
+    kept = graphemes.cut(value, keep)
     if len(kept) < len(value) and not value[len(kept)].isspace():
         space = kept.rfind(" ", max(0, len(kept) - _MIN_KEPT))
         kept = kept[:space] if space > 0 else kept
     return kept.rstrip() + ellipsis
 
 
-def _cut(text: str, units: int) -> str:
-    """The longest start of ``text`` within ``units`` UTF-16 code units that does not end
-    inside a character as people see it (a grapheme cluster)."""
-    end = _within(text, units)
-    while 0 < end < len(text) and _inside_cluster(text, end):
-        end -= 1
-    return text[:end]
-
-
-def _within(text: str, units: int) -> int:
-    """How many code points of ``text`` fit in ``units`` UTF-16 code units."""
-    if units <= 0:
-        return 0
-    if sms_length(text) == len(text):  # nothing outside the BMP: a code point is a unit
-        return min(units, len(text))
-    count = 0
-    for index, char in enumerate(text):
-        count += 2 if char > "\uffff" else 1
-        if count > units:
-            return index
-    return len(text)
-
-
-def _inside_cluster(text: str, at: int) -> bool:
-    """Whether ``text[at - 1]`` and ``text[at]`` belong to one grapheme cluster: a combining
-    mark or variation selector, a joiner, a skin tone, emoji tags, Hangul jamo that continue
-    a syllable, a flag's second letter, or a surrogate pair's second half."""
-    before, after = text[at - 1], text[at]
-    if unicodedata.category(after) in ("Mn", "Mc", "Me") or "\u200d" in (before, after):
-        return True
-    if "\U0001f3fb" <= after <= "\U0001f3ff" or "\U000e0020" <= after <= "\U000e007f":
-        return True
-    if "\u1160" <= after <= "\u11ff" or "\ud7b0" <= after <= "\ud7ff":
-        return True
-    if "\ud800" <= before <= "\udbff":
-        return True
-    return _flag_letter(before) and _flag_letter(after) and _flag_letters_before(text, at) % 2 == 1
-
-
-def _flag_letter(char: str) -> bool:
-    return "\U0001f1e6" <= char <= "\U0001f1ff"
-
-
-def _flag_letters_before(text: str, at: int) -> int:
-    count = 0
-    while at - count > 0 and _flag_letter(text[at - count - 1]):
-        count += 1
-    return count
+def _cut_to(budget: SmsBudget, text: str, ellipsis: str) -> str:
+    """The last resort: the start of ``text`` that fits ``budget`` with the ellipsis."""
+    units = min(budget.capacity(measure(text).encoding), budget.length) - len(ellipsis)
+    while True:
+        short = graphemes.cut(text, units).rstrip().removesuffix(ellipsis) + ellipsis
+        cost = measure(short)
+        if budget.fits(cost, short) or units <= 0:
+            return short
+        units -= budget.excess(cost, short)

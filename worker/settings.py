@@ -31,6 +31,7 @@ from worker.cloudevents import DEFAULT_TYPES
 from worker.events import Status, iana_zone
 from worker.policy import parse_policy
 from worker.quiet import Window
+from worker.sms_text import MAX_SEGMENTS, MAX_SEGMENTS_LIMIT
 
 
 class ConfigError(Exception):
@@ -168,6 +169,23 @@ class SmsSettings(_Section):
     webhook_url: str | None = None
     timeout: PositiveFloat = 10.0
     pool_size: PositiveInt = 100
+    # what one SMS may cost; longer fields are shortened to fit (worker/sms_text.py)
+    max_segments: int = Field(MAX_SEGMENTS, ge=1, le=MAX_SEGMENTS_LIMIT)
+    # locales whose SMS go out without diacritics, comma-separated: "vi"
+    unaccented: str = ""
+
+    @field_validator("unaccented")
+    @classmethod
+    def _locales(cls, value: str) -> str:
+        locales = [item.strip().lower() for item in value.split(",") if item.strip()]
+        for locale in locales:
+            if not re.fullmatch(r"[a-z]{2,8}", locale):
+                raise ValueError(f"{locale!r} is not a template locale like vi")
+        return ",".join(locales)
+
+    @property
+    def unaccented_locales(self) -> frozenset[str]:
+        return frozenset(self.unaccented.split(",")) - {""}
 
     @field_validator("api_url", "webhook_url")
     @classmethod

@@ -24,12 +24,11 @@ from __future__ import annotations
 import binascii
 import functools
 import time
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr, parseaddr
 
-from worker import addresses
+from worker import addresses, graphemes
 from worker.channels import Outgoing, idempotency_key
 
 
@@ -118,19 +117,10 @@ def _address(name: str | None, address: str, header: str) -> str:
 
 def _shortened(name: str) -> str:
     """``name`` cut to ``MAX_DISPLAY_NAME`` characters, before a character that continues
-    the one before it (a combining mark, a joined or modified emoji), as a client would
-    otherwise show half of it."""
-    end = MAX_DISPLAY_NAME
-    while 0 < end < len(name) and _continues(name, end):
-        end -= 1
+    the one before it (a combining mark, a joined or modified emoji, a flag's second letter),
+    as a client would otherwise show half of it."""
+    end = graphemes.boundary(name, MAX_DISPLAY_NAME)
     return name[: end or MAX_DISPLAY_NAME].rstrip()
-
-
-def _continues(text: str, at: int) -> bool:
-    before, after = text[at - 1], text[at]
-    if unicodedata.category(after) in ("Mn", "Mc", "Me") or "\u200d" in (before, after):
-        return True
-    return "\U0001f3fb" <= after <= "\U0001f3ff"  # a skin tone
 
 
 def _utf8_lines(text: str) -> bytes:
