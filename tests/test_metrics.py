@@ -237,6 +237,7 @@ def test_names_follow_the_conventions() -> None:
     m.notification("sms", "superseded")
     m.dead_letter("invalid_event")
     m.store_call("load", 0.001)
+    m.sms_segments("ucs2", 3)
     m.watch_lag(lambda: [("shipments", 0, 1)])
     m.watch_in_flight(lambda: 1)
     m.watch_retry_backlog(lambda: (1, 5.0))
@@ -247,6 +248,7 @@ def test_names_follow_the_conventions() -> None:
         "shipment_notifier_records_handled",
         "shipment_notifier_notifications",
         "shipment_notifier_dead_letters_published",
+        "shipment_notifier_sms_segments",
         "shipment_notifier_send_duration_seconds",
         "shipment_notifier_end_to_end_delay_seconds",
         "shipment_notifier_store_call_duration_seconds",
@@ -260,3 +262,14 @@ def test_names_follow_the_conventions() -> None:
             assert all(s.name.endswith("_total") for s in family.samples), family.name
         labels = {k for s in family.samples for k in s.labels}
         assert not {k for k in labels if "id" in k.split("_")}, family.name
+
+
+def test_sms_segments_add_up_by_encoding() -> None:
+    """Each accepted SMS adds its segments to its encoding's count."""
+    m = Metrics()
+    m.sms_segments("ucs2", 3)
+    m.sms_segments("ucs2", 2)
+    m.sms_segments("gsm7", 1)
+    lines = ours(scrape(m))
+    assert 'shipment_notifier_sms_segments_total{encoding="ucs2"} 5.0' in lines
+    assert 'shipment_notifier_sms_segments_total{encoding="gsm7"} 1.0' in lines

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +22,7 @@ from tests.processes import WorkerProcess
 from tests.sinks import SmsSink, SmtpSink
 from tests.test_faults import create_topic, kafka, produce_to
 from worker.probes import health
+from worker.sms_text import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 Env = Callable[..., dict[str, str]]
@@ -158,6 +160,12 @@ async def test_a_scrape_during_a_real_run_counts_what_the_customers_received(
     assert value(s, "retry_records_waiting") == 1  # E's email, due in 10 minutes
     assert 0 <= value(s, "retry_oldest_waiting_age_seconds") < 60
     assert total(s, "build_info") == 1
+    # the segments the provider bills, by encoding, are those of the texts it received
+    billed: dict[str, float] = {}
+    for sms in sms_sink.requests:
+        cost = measure(parse_qs(sms.body.decode())["Body"][0])
+        billed[cost.encoding] = billed.get(cost.encoding, 0) + cost.segments
+    assert billed and {e: value(s, "sms_segments_total", encoding=e) for e in billed} == billed
 
 
 async def _handled(port: int, count: int) -> Samples | None:

@@ -231,7 +231,8 @@ class Courier:
             log.info("notification_released", channel=n.channel, to=n.to)
         tries = 1 if n.retry else 1 + self._in_process.attempts
         try:
-            took = await self._send(self._compose(n), n.to, tries)
+            message = self._compose(n)
+            took = await self._send(message, n.to, tries)
         except PermanentDeliveryError as exc:
             return await self._dead_letter(n, "permanent", str(exc))
         except TransientDeliveryError as exc:
@@ -242,6 +243,8 @@ class Courier:
         await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.SENT)
         log.info("notification_sent", channel=n.channel, to=n.to)
         self._metrics.sent(n.channel, took, n.envelope.origin_timestamp())
+        if message.segments:
+            self._metrics.sms_segments(message.encoding, message.segments)
         return ChannelOutcome.SENT
 
     async def _hold(self, notification: Notification, quiet: Quiet) -> ChannelOutcome:
@@ -265,8 +268,11 @@ class Courier:
             if delivery.channel == "email":
                 email = self._renderer.email(event)
                 text, subject, html = email.text, email.subject, email.html
+                encoding, segments = "", 0
             else:
-                text, subject, html = self._renderer.sms(event).text, "", ""
+                sms = self._renderer.sms(event)
+                text, subject, html = sms.text, "", ""
+                encoding, segments = sms.encoding, sms.segments
         except RenderError as exc:
             raise PermanentDeliveryError(f"template failed: {exc}") from exc
         return Outgoing(
@@ -279,6 +285,8 @@ class Courier:
             text=text,
             subject=subject,
             html=html,
+            encoding=encoding,
+            segments=segments,
         )
 
     async def _send(self, message: Outgoing, to: str, tries: int) -> float:

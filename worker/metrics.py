@@ -27,6 +27,9 @@ Counted on the record path, through methods that take plain values:
 ``end_to_end_delay_seconds{channel}``
     from the record's timestamp to the provider's acceptance (``sent``); retries make it
     hours long, so the buckets reach a day. Clock skew cannot make it negative.
+``sms_segments_total{encoding}``
+    segments of the SMS the provider accepted, by encoding (``gsm7``, ``ucs2``): what the
+    provider bills (``sms_segments``).
 ``dead_letters_published_total{reason}``
     records written to the dead-letter topic (``dead_letter``).
 ``store_call_duration_seconds{call}``
@@ -110,6 +113,7 @@ class Metrics:
         self._handled = _Counters("records_handled", ("topic", "outcome", "reason"))
         self._notifications = _Counters("notifications", ("channel", "outcome", "reason"))
         self._dead_letters = _Counters("dead_letters_published", ("reason",))
+        self._segments = _Counters("sms_segments", ("encoding",))
         self._send = _Histograms("send_duration_seconds", ("channel",), SEND_BUCKETS)
         self._delay = _Histograms("end_to_end_delay_seconds", ("channel",), DELAY_BUCKETS)
         self._store = _Histograms("store_call_duration_seconds", ("call",), STORE_BUCKETS)
@@ -145,6 +149,10 @@ class Metrics:
         superseded, with the rule or error that decided it."""
         self._notifications.inc((channel, outcome, reason))
 
+    def sms_segments(self, encoding: str, segments: int) -> None:
+        """The provider accepted an SMS of ``segments`` segments in ``encoding``."""
+        self._segments.inc((encoding,), segments)
+
     def dead_letter(self, reason: str) -> None:
         """A record was published to the dead-letter topic."""
         self._dead_letters.inc((reason,))
@@ -167,7 +175,7 @@ class Metrics:
         build = InfoMetricFamily(PREFIX + "build", _DOCS["build"])
         build.add_metric((), self._build)
         yield build
-        for counters in (self._handled, self._notifications, self._dead_letters):
+        for counters in (self._handled, self._notifications, self._dead_letters, self._segments):
             yield counters.family()
         for histograms in (self._send, self._delay, self._store):
             yield histograms.family()
@@ -207,12 +215,12 @@ class _Counters(_LabelSets):
         super().__init__(name, labels)
         self._counts: dict[Labels, int] = {}
 
-    def inc(self, key: Labels) -> None:
+    def inc(self, key: Labels, amount: int = 1) -> None:
         try:
-            self._counts[key] += 1
+            self._counts[key] += amount
         except KeyError:
             key = self.admit(key, len(self._counts))
-            self._counts[key] = self._counts.get(key, 0) + 1
+            self._counts[key] = self._counts.get(key, 0) + amount
 
     def family(self) -> CounterMetricFamily:
         family = CounterMetricFamily(PREFIX + self.name, _DOCS[self.name], labels=self.labels)
@@ -330,6 +338,7 @@ _DOCS = {
     "records_handled": "Records that reached an outcome, by topic, outcome and reason.",
     "notifications": "Notifications by channel and outcome; reason names the rule or error.",
     "dead_letters_published": "Records published to the dead-letter topic, by reason.",
+    "sms_segments": "Segments of the SMS the provider accepted, by encoding.",
     "send_duration_seconds": "Duration of one send to the provider, accepted or not.",
     "end_to_end_delay_seconds": "From the record's timestamp to the provider's acceptance.",
     "store_call_duration_seconds": "Duration of one dedup-store call, by method.",

@@ -51,6 +51,9 @@ class Outgoing:
     text: str
     subject: str = ""
     html: str = ""
+    # an SMS's cost, as rendered: ``gsm7`` or ``ucs2``, and how many segments it takes
+    encoding: str = ""
+    segments: int = 0
 
 
 class Sender(Protocol):
