@@ -19,6 +19,7 @@ from worker.dedup.store import (
     ChannelOutcome,
     Claim,
     DedupStore,
+    Preference,
     ShipmentState,
     Snapshot,
     StoreError,
@@ -67,6 +68,16 @@ class Resilient:
 
     async def reopen(self, event_id: str, channel: str) -> None:
         await self._until_done("reopen", lambda: self._store.reopen(event_id, channel))
+
+    async def set_preference(self, subject: str, channel: str, preference: Preference) -> bool:
+        return await self._until_done(
+            "set_preference", lambda: self._store.set_preference(subject, channel, preference)
+        )
+
+    async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
+        return await self._until_done(
+            "opted_out", lambda: self._store.opted_out(subjects, channel)
+        )
 
     async def close(self) -> None:
         await self._store.close()
