@@ -9,6 +9,8 @@ store write (accept with its claims, claim, reopen, mark_done).
       dead_lettered   permanent failure, retries exhausted, or a crash while sending it: on
                       the dead-letter topic, where ``dlq replay`` can reopen it
       stale           the shipment moved on, or the channel is no longer planned
+      opted_out       the recipient opted out (checked before every send), or the provider
+                      refused because they did (remembered: ``worker/preferences.py``)
 
 The outcome is written to the store only after the retry or dead-letter record is durable, so a
 crash in between leads to a resend attempt (guarded by the claim), never to a silent loss.
@@ -26,15 +28,17 @@ from worker import headers
 from worker.channels import (
     Outgoing,
     PermanentDeliveryError,
+    RecipientOptedOut,
     Sender,
     TransientDeliveryError,
 )
 from worker.dedup import DedupStore, EventRecord, ShipmentState
-from worker.dedup.store import ChannelOutcome
+from worker.dedup.store import ChannelOutcome, Preference
 from worker.envelope import Envelope
 from worker.events import Event
 from worker.logs import get_logger, mask_email, mask_phone, terminal_text
 from worker.policy import Delivery
+from worker.preferences import PROVIDER, address_subject, subjects
 from worker.render import Renderer, RenderError
 from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_text
 
@@ -200,8 +204,17 @@ class Courier:
         """Send a claimed notification and record its outcome."""
         n = notification
         tries = 1 if n.retry else 1 + self._in_process.attempts
+        refusal = await self._store.opted_out(
+            subjects(n.channel, n.delivery.address, n.event.customer.id), n.channel
+        )
+        if refusal is not None:
+            return await self._opted_out(n, refusal.source)
         try:
             await self._send(self._compose(n), n.to, tries)
+        except RecipientOptedOut:
+            subject, stop = address_subject(n.channel, n.delivery.address), self._clock()
+            await self._store.set_preference(subject, n.channel, Preference(True, stop, PROVIDER))
+            return await self._opted_out(n, PROVIDER)
         except PermanentDeliveryError as exc:
             return await self._dead_letter(n, "permanent", str(exc))
         except TransientDeliveryError as exc:
@@ -212,6 +225,14 @@ class Courier:
         await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.SENT)
         log.info("notification_sent", channel=n.channel, to=n.to)
         return ChannelOutcome.SENT
+
+    async def _opted_out(self, notification: Notification, source: str) -> ChannelOutcome:
+        n = notification
+        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.OPTED_OUT)
+        log.info(
+            "notification_skipped", channel=n.channel, to=n.to, reason="opted_out", source=source
+        )
+        return ChannelOutcome.OPTED_OUT
 
     def _compose(self, notification: Notification) -> Outgoing:
         event, delivery = notification.event, notification.delivery
@@ -233,6 +254,8 @@ class Courier:
             text=text,
             subject=subject,
             html=html,
+            order_id=event.shipment.order_id,
+            customer_id=event.customer.id,
         )
 
     async def _send(self, message: Outgoing, to: str, tries: int) -> None:

@@ -203,6 +203,8 @@ def _summarize(results: dict[str, ChannelOutcome]) -> Outcome:
         return Outcome("retrying", deferred=deferred, failed=failed)
     if failed:
         return Outcome("dead_lettered", "delivery_failed", failed=failed)
+    if ChannelOutcome.OPTED_OUT in results.values():
+        return Outcome("skipped", ChannelOutcome.OPTED_OUT.value)
     return Outcome("skipped", "superseded" if stale else "duplicate")
 
 

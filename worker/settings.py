@@ -76,6 +76,8 @@ class KafkaSettings(_Section):
     group_id: str = Field("shipment-notifier", min_length=1)
     dlq_topic: str = ""
     retry_topic: str = ""
+    # the shop's opt-outs and opt-ins (docs/preferences.md); empty: no preferences topic
+    preferences_topic: str = Field("", max_length=249)
     client_id: str = "shipment-notifier"
     # static membership (KIP-345): a restarted replica with the same id gets its partitions
     # back without a rebalance; set it to the pod name of a StatefulSet, leave it unset else

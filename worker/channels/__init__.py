@@ -3,6 +3,8 @@
     DeliveryError
      ├── TransientDeliveryError   retry later: connection refused, timeout, SMTP 4xx, HTTP 429/5xx
      └── PermanentDeliveryError   dead-letter this channel's notification: SMTP 5xx, HTTP 4xx
+          └── RecipientOptedOut   the provider says the recipient opted out (Twilio 21610):
+                                  remember it and skip the channel, not a failure
 
 Adapters wrap their library's errors in these (``raise ... from exc``), so nothing above the
 adapters imports aiosmtplib or httptools.
@@ -27,6 +29,11 @@ class PermanentDeliveryError(DeliveryError):
     """The same send will fail again; retrying is pointless."""
 
 
+class RecipientOptedOut(PermanentDeliveryError):
+    """The provider refuses because the recipient opted out (replied STOP): every later send
+    to the address would be refused the same way until they opt back in."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One rendered notification to one address."""
@@ -40,6 +47,8 @@ class Outgoing:
     text: str
     subject: str = ""
     html: str = ""
+    order_id: str = ""  # emails of one order thread together
+    customer_id: str | None = None
 
 
 class Sender(Protocol):
