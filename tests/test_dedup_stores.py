@@ -452,7 +452,9 @@ async def test_redis_out_of_reach_raises_store_error() -> None:
         await store.close()
 
 
-async def test_an_opt_out_is_found_by_any_of_its_subjects_and_channel(open_fresh: OpenStore) -> None:
+async def test_an_opt_out_is_found_by_any_of_its_subjects_and_channel(
+    open_fresh: OpenStore,
+) -> None:
     """An opt-out answers for its own subject and channel only; a subject without one, or
     opted in, answers None."""
     store = await open_fresh()

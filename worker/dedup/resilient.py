@@ -75,9 +75,7 @@ class Resilient:
         )
 
     async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
-        return await self._until_done(
-            "opted_out", lambda: self._store.opted_out(subjects, channel)
-        )
+        return await self._until_done("opted_out", lambda: self._store.opted_out(subjects, channel))
 
     async def close(self) -> None:
         await self._store.close()
