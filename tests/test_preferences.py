@@ -4,6 +4,7 @@ mean "the recipient opted out" (against a real HTTP server on loopback)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,8 +13,10 @@ from tests.test_sms_channel import MESSAGE
 from worker.channels import PermanentDeliveryError, RecipientOptedOut, TransientDeliveryError
 from worker.channels.http import HttpClient
 from worker.channels.sms import TwilioSender, WebhookSender, http_client
+from worker.dlq import DeadLetter, _replayed
 from worker.envelope import Envelope
 from worker.preferences import InvalidPreference, Update, read, subject_of, subjects
+from worker.settings import KafkaSettings
 
 
 @pytest.fixture
@@ -108,3 +111,16 @@ async def test_a_5xx_saying_opted_out_is_still_transient(
     sms_sink.faults.count, sms_sink.faults.reply, sms_sink.faults.code = 1, 503, "opted_out"
     with pytest.raises(TransientDeliveryError):
         await WebhookSender(session, f"{sms_sink.url}/sms").send(MESSAGE)
+
+
+def test_a_replayed_preferences_dead_letter_goes_back_to_the_preferences_topic() -> None:
+    """``dlq replay`` puts a preferences record back where it came from, not on the events
+    topic (where it would be dead-lettered again as an invalid event)."""
+    settings = KafkaSettings(topic="events", preferences_topic="prefs")
+    origin = [("original.topic", b"prefs"), ("error.type", b"internal_error")]
+    letter = DeadLetter(0, 3, datetime.now(UTC), b"customer:C-77", None, tuple(origin))
+    assert _replayed(letter, settings) == ("prefs", [])
+    event_letter = DeadLetter(
+        0, 4, datetime.now(UTC), b"SHP-1", b"{", (("original.topic", b"events"),)
+    )
+    assert _replayed(event_letter, settings)[0] == "events"
