@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store, sqlite
 from worker.dedup.store import ChannelOutcome, Claim, Preference, StoreError, StoreUnavailable
@@ -42,6 +43,10 @@ async def open_fresh(store_url: str) -> AsyncIterator[OpenStore]:
     yield make
     for store in opened:
         await store.close()
+    if url.startswith("redis"):  # preferences never expire: leave nothing in the shared Redis
+        client = redis.Redis.from_url(url)
+        client.delete(*client.scan_iter(match=f"test-{prefix}:*"), "-")
+        client.close()
 
 
 async def test_unknown_event_and_shipment_load_empty(open_fresh: OpenStore) -> None:
