@@ -46,6 +46,7 @@ class Faults:
 
     count: int = 0
     reply: Any = None
+    code: Any = 20003  # the error code in the SMS sink's refusal body
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -259,7 +260,9 @@ def _sms_handler(sink: SmsSink) -> type[BaseHTTPRequestHandler]:
                 return
             if fault is not None:
                 sink.rejected += 1
-                self._answer(int(fault), {"code": 20003, "message": "rejected by test sink"})
+                self._answer(
+                    int(fault), {"code": sink.faults.code, "message": "rejected by test sink"}
+                )
                 return
             received = ReceivedSms(self.path, dict(self.headers.items()), body)
             sink.requests.append(received)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import SecretStr
 
 from tests.redis_servers import TlsServer
 from worker.dedup import DedupStore, EventRecord, ShipmentState, Snapshot, open_store, sqlite
 from worker.dedup.redis_client import UrlOnly
 from worker.dedup.resilient import Resilient
-from worker.dedup.store import ChannelOutcome, Claim, StoreError, StoreUnavailable
+from worker.dedup.store import ChannelOutcome, Claim, Preference, StoreError, StoreUnavailable
 
 OpenStore = Callable[..., Awaitable[DedupStore]]
 
@@ -66,6 +67,12 @@ async def open_fresh(store_target: Target) -> AsyncIterator[OpenStore]:
     yield make
     for store in opened:
         await store.close()
+    # preferences never expire: leave nothing in the shared Redis (the cluster and the TLS
+    # server are this session's own)
+    if store_target.redis is None and store_target.url.startswith("redis"):
+        client = redis.Redis.from_url(store_target.url)
+        client.delete(*client.scan_iter(match=f"test-{prefix}:*"), "-")
+        client.close()
 
 
 async def test_unknown_event_and_shipment_load_empty(open_fresh: OpenStore) -> None:
@@ -502,3 +509,55 @@ async def test_the_readiness_ping_of_a_store_out_of_reach_fails_at_once() -> Non
                 await store.ping()
     finally:
         await store.close()
+
+
+async def test_an_opt_out_is_found_by_any_of_its_subjects_and_channel(
+    open_fresh: OpenStore,
+) -> None:
+    """An opt-out answers for its own subject and channel only; a subject without one, or
+    opted in, answers None."""
+    store = await open_fresh()
+    out = Preference(True, 1000.0, "provider")
+    assert await store.set_preference("phone:+84901234567", "sms", out)
+    assert await store.set_preference("customer:C-1", "email", Preference(False, 1000.0, "topic"))
+    assert await store.opted_out(("customer:C-1", "phone:+84901234567"), "sms") == out
+    assert await store.opted_out(("phone:+84901234567",), "email") is None
+    assert await store.opted_out(("customer:C-1", "email:an@example.com"), "email") is None
+    assert await store.opted_out(("phone:+15005550006",), "sms") is None
+
+
+async def test_the_newest_preference_wins_whatever_order_it_arrives_in(
+    open_fresh: OpenStore,
+) -> None:
+    """An opt-in newer than the opt-out lifts it; an older write (a replayed preferences
+    record, a late STOP) changes nothing and says so."""
+    store = await open_fresh()
+    subject = ("phone:+84901234567",)
+    assert await store.set_preference(subject[0], "sms", Preference(True, 2000.0, "provider"))
+    assert not await store.set_preference(subject[0], "sms", Preference(False, 1000.0, "topic"))
+    assert await store.opted_out(subject, "sms") == Preference(True, 2000.0, "provider")
+    assert await store.set_preference(subject[0], "sms", Preference(False, 3000.0, "topic"))
+    assert await store.opted_out(subject, "sms") is None
+    assert not await store.set_preference(subject[0], "sms", Preference(True, 2500.0, "provider"))
+    assert await store.opted_out(subject, "sms") is None
+
+
+async def test_preferences_outlive_the_ttl(open_fresh: OpenStore) -> None:
+    """An opt-out is not forgotten with the events: DEDUP_TTL does not apply to it."""
+    store = await open_fresh(ttl=1)
+    await store.set_preference("email:an@example.com", "email", Preference(True, 1.0, "topic"))
+    await asyncio.sleep(1.6)
+    await store.load("e1", "s1")  # gives SQLite its chance to purge
+    found = await store.opted_out(("email:an@example.com",), "email")
+    assert found == Preference(True, 1.0, "topic")
+
+
+@pytest.mark.parametrize("store_target", ["sqlite", "redis", "redis-cluster"], indirect=True)
+async def test_persistent_stores_keep_preferences_across_a_reopen(open_fresh: OpenStore) -> None:
+    """SQLite and Redis remember an opt-out for a new store on the same data."""
+    first = await open_fresh()
+    await first.set_preference("phone:+84901234567", "sms", Preference(True, 5.0, "provider"))
+    await first.close()
+    second = await open_fresh()
+    found = await second.opted_out(("phone:+84901234567",), "sms")
+    assert found == Preference(True, 5.0, "provider")

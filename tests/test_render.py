@@ -143,7 +143,7 @@ def test_the_subject_folds_line_breaks_the_event_did_not(renderer: Renderer) -> 
     bad = good.model_copy(
         update={"shipment": good.shipment.model_copy(update={"order_id": "ORD-1\r\nBcc: x@evil"})}
     )
-    assert renderer.email(bad).subject == "Your order ORD-1 Bcc: x@evil has shipped"
+    assert renderer.email(bad).subject == "Your order ORD-1 Bcc: x@evil from Our shop"
 
 
 def test_html_escapes_a_hostile_name_and_carrier(renderer: Renderer) -> None:
@@ -192,11 +192,11 @@ def test_shop_fields_fall_back_to_the_configured_shop() -> None:
 def test_a_missing_template_raises_render_error(copy_templates: CopyTemplates) -> None:
     """A status whose template file is missing is a RenderError naming the file."""
     templates = copy_templates()
-    (templates / "en" / "email" / "shipped.subject.txt").unlink()
+    (templates / "en" / "email" / "shipped.txt").unlink()
     renderer = Renderer(templates, "en", DEFAULT_SHOP)
     with pytest.raises(RenderError) as caught:
         renderer.email(an_event(locale="en"))
-    assert str(caught.value).startswith("en/email/shipped.subject.txt: ")
+    assert str(caught.value).startswith("en/email/shipped.txt: ")
 
 
 def test_an_undefined_name_raises_render_error(copy_templates: CopyTemplates) -> None:

@@ -2,12 +2,14 @@
 write as it is (the sender and reply-to addresses) and an HTTP URL it can post to (the SMS
 provider's). The settings check configured values with these at start-up, and the adapters
 that send (the mail builder, the HTTP client) hold what they are given to the same rules, so a
-value that passes one passes the other.
+value that passes one passes the other. Also the unsubscribe URL template
+(``UNSUBSCRIBE_URL``), which ``channels/mailheaders.py`` fills per message.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -74,3 +76,26 @@ def http_url(url: str) -> HttpUrl:
 
 def _head_text(text: str) -> bool:
     return text.isascii() and text.isprintable() and " " not in text
+
+
+UNSUBSCRIBE_FIELDS = ("email", "customer_id", "order_id", "event_id", "locale")
+# the URL between angle brackets: printable ASCII without spaces, quotes or brackets
+_UNSUBSCRIBE_URI = re.compile(r"https://[!#-;=?-~]+\Z")
+
+
+def unsubscribe_template(template: str) -> str:
+    """``template`` when it names only ``UNSUBSCRIBE_FIELDS`` (no conversions or format
+    specs) and makes an https URL; else ValueError saying what is wrong."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{template!r} is not a format template: {exc}") from exc
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in UNSUBSCRIBE_FIELDS or spec or conversion:
+            raise ValueError(f"{{{name}}}: the fields are {{{'}, {'.join(UNSUBSCRIBE_FIELDS)}}}")
+    sample = template.format(**dict.fromkeys(UNSUBSCRIBE_FIELDS, "x"))
+    if not _UNSUBSCRIBE_URI.match(sample):
+        raise ValueError(f"{template!r} is not an https URL (RFC 8058 needs https)")
+    return template

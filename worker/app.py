@@ -19,7 +19,7 @@ from worker.channels import Sender
 from worker.channels.sms import TwilioSender, WebhookSender, http_client
 from worker.channels.smtp import SmtpSender
 from worker.cloudevents import AcceptedTypes, Decoder
-from worker.consumer import KeyOrderedConsumer, build_consumer
+from worker.consumer import Handler, KeyOrderedConsumer, build_consumer
 from worker.dedup import DedupStore, open_store
 from worker.dedup.resilient import Resilient
 from worker.dedup.store import StoreUnavailable
@@ -28,6 +28,7 @@ from worker.events import Shop
 from worker.logs import get_logger
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
+from worker.preference_feed import PreferenceFeed
 from worker.preview import check
 from worker.probes import Check, Liveness, ProbeServer, Readiness
 from worker.quiet import quiet_hours
@@ -37,7 +38,7 @@ from worker.retry import Backoff, RetryLimits
 from worker.settings import Settings, SmsProvider
 from worker.sidetopics import SideTopics, build_producer
 from worker.sms_text import SmsBudget
-from worker.topics import ensure_side_topics
+from worker.topics import ensure_preferences_topic, ensure_side_topics
 
 log = get_logger(__name__)
 
@@ -229,13 +230,19 @@ async def run(
             producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic, metrics
         )
         pipeline = build_pipeline(settings, store, renderer, senders, side, metrics)
+        handler: Handler = pipeline.handle
+        topics: tuple[str, ...] = (kafka_settings.topic, side.retry_topic)
+        if kafka_settings.preferences_topic:  # read with the events: docs/preferences.md
+            await ensure_preferences_topic(kafka_settings)
+            feed = PreferenceFeed(store, kafka_settings.preferences_topic, side)
+            handler, topics = feed.route(pipeline.handle), (*topics, feed.topic)
         kafka = build_consumer(kafka_settings)
         await kafka.start()
         stack.push_async_callback(kafka.stop)
         consumer = parts.consumer = KeyOrderedConsumer(
             kafka,
-            pipeline.handle,
-            topics=(kafka_settings.topic, side.retry_topic),
+            handler,
+            topics=topics,
             max_in_flight=kafka_settings.max_in_flight,
             commit_interval=kafka_settings.commit_interval,
             drain_timeout=settings.app.shutdown_timeout,

@@ -12,6 +12,8 @@ store write (accept with its claims, claim, reopen, mark_done).
       held            the recipient's quiet hours (``quiet.QuietHours``): on the retry topic,
                       due when they end; not a failure, no attempt counted
       expired         quiet hours, and the status's news would be late by their end: dropped
+      opted_out       the recipient opted out (checked before every send), or the provider
+                      refused because they did (remembered: ``worker/preferences.py``)
 
 Each send waits for its channel's turn (``ratelimit.Throttle``: the configured rate, and any
 pause a provider's 429 asked for); a long wait renews the claim, so it never lapses.
@@ -34,16 +36,18 @@ from worker import headers
 from worker.channels import (
     Outgoing,
     PermanentDeliveryError,
+    RecipientOptedOut,
     Sender,
     TransientDeliveryError,
 )
 from worker.dedup import DedupStore, EventRecord, ShipmentState
-from worker.dedup.store import ChannelOutcome
+from worker.dedup.store import ChannelOutcome, Preference
 from worker.envelope import Envelope
 from worker.events import Event
 from worker.logs import get_logger, mask_email, mask_phone, terminal_text
 from worker.metrics import Metrics
 from worker.policy import Delivery
+from worker.preferences import PROVIDER, address_subject, subjects
 from worker.quiet import Quiet, QuietHours
 from worker.ratelimit import Throttle
 from worker.render import Renderer, RenderError
@@ -224,6 +228,11 @@ class Courier:
     async def _deliver(self, notification: Notification) -> ChannelOutcome:
         """Send a claimed notification and record its outcome."""
         n = notification
+        refusal = await self._store.opted_out(
+            subjects(n.channel, n.delivery.address, n.event.customer.id), n.channel
+        )
+        if refusal is not None:  # before quiet hours: an opted-out recipient is not held
+            return await self._opted_out(n, refusal.source)
         quiet = self._quiet.check(n.event, n.channel, self._clock()) if self._quiet else None
         if quiet is not None:
             return await self._hold(n, quiet)
@@ -233,6 +242,10 @@ class Courier:
         try:
             message = self._compose(n)
             took = await self._send(message, n.to, tries)
+        except RecipientOptedOut:
+            subject, stop = address_subject(n.channel, n.delivery.address), self._clock()
+            await self._store.set_preference(subject, n.channel, Preference(True, stop, PROVIDER))
+            return await self._opted_out(n, PROVIDER)
         except PermanentDeliveryError as exc:
             return await self._dead_letter(n, "permanent", str(exc))
         except TransientDeliveryError as exc:
@@ -262,6 +275,15 @@ class Courier:
         self._metrics.notification(n.channel, "held")
         return ChannelOutcome.HELD
 
+    async def _opted_out(self, notification: Notification, source: str) -> ChannelOutcome:
+        n = notification
+        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.OPTED_OUT)
+        log.info(
+            "notification_skipped", channel=n.channel, to=n.to, reason="opted_out", source=source
+        )
+        self._metrics.notification(n.channel, "skipped", "opted_out")
+        return ChannelOutcome.OPTED_OUT
+
     def _compose(self, notification: Notification) -> Outgoing:
         event, delivery = notification.event, notification.delivery
         try:
@@ -287,6 +309,8 @@ class Courier:
             html=html,
             encoding=encoding,
             segments=segments,
+            order_id=event.shipment.order_id,
+            customer_id=event.customer.id,
         )
 
     async def _send(self, message: Outgoing, to: str, tries: int) -> float:

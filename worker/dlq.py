@@ -9,7 +9,9 @@ by reason. ``replay`` puts the selected records back, value and producer headers
   write, are dropped unread, so a producer cannot make the worker resend anything.
 - any other dead letter (an invalid or undecodable record, an event_id conflict, a crash
   before its channels were decided) goes to the main topic as a producer would send it, to
-  be decoded and handled afresh (useful once the producer or the worker is fixed).
+  be decoded and handled afresh (useful once the producer or the worker is fixed); a record of
+  the preferences topic goes back there (its choice then counts from the replay's time,
+  unless its value has ``updated_at``).
 """
 
 from __future__ import annotations
@@ -147,7 +149,9 @@ def _replayed(letter: DeadLetter, settings: KafkaSettings) -> tuple[str, list[tu
     kept = [(k, v) for k, v in letter.headers if not headers.is_ours(k)]
     channel = letter.header(headers.ERROR_CHANNEL)
     if channel not in CHANNELS:
-        return settings.topic, kept
+        preferences = settings.preferences_topic
+        came_from = letter.header(headers.ORIGINAL_TOPIC)
+        return preferences if preferences and came_from == preferences else settings.topic, kept
     now = time.time()
     origin = [(k, v) for k, v in letter.headers if k in headers.ORIGIN]
     source = [

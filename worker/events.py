@@ -162,6 +162,9 @@ class Shipment(_Model):
 
 
 class Customer(_Model):
+    id: Id | None = Field(
+        None, description="The shop's customer id: for opt-outs and the unsubscribe link."
+    )
     name: Text | None = None
     email: Annotated[str, StringConstraints(max_length=254)] | None = None
     phone: Annotated[str, StringConstraints(max_length=40)] | None = None

@@ -216,6 +216,8 @@ def _summarize(results: dict[str, ChannelOutcome]) -> Outcome:
         return Outcome("dead_lettered", "delivery_failed", failed=failed, held=held)
     if held:
         return Outcome("held", held=held)
+    if ChannelOutcome.OPTED_OUT in results.values():
+        return Outcome("skipped", ChannelOutcome.OPTED_OUT.value)
     return Outcome("skipped", "expired" if expired else "superseded" if stale else "duplicate")
 
 

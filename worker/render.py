@@ -1,6 +1,8 @@
 """Templates to words: picks the locale, builds the context, renders email and SMS.
 
-Layout: ``templates/<locale>/email/<status>.{subject.txt,txt,html}`` and
+Layout: ``templates/<locale>/email/<status>.{txt,html}``, the locale's one email subject
+``templates/<locale>/email/_subject.txt`` (the same for every status of an order, so mail
+clients thread them: ``channels/mailheaders.py``; the status shows in the preheader), and
 ``templates/<locale>/sms/<status>.txt``, each extending the locale's ``_layout`` and, for HTML,
 the shared ``layouts/email.html``. The environment is sandboxed with ``StrictUndefined``
 (a missing name is an error, not an empty string) and autoescapes ``.html`` only.
@@ -243,7 +245,7 @@ class Renderer:
         context = {**context, "show": show}
         base = f"{locale}/email/{event.status}"
         return RenderedEmail(
-            subject=_one_line(self._render(f"{base}.subject.txt", context)),
+            subject=_one_line(self._render(f"{locale}/email/_subject.txt", context)),
             text=_tidy(self._render(f"{base}.txt", context)) + "\n",
             html=self._render(f"{base}.html", context),
         )

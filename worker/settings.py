@@ -26,11 +26,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.addresses import http_url, plain_mailbox
+from worker.addresses import http_url, plain_mailbox, unsubscribe_template
 from worker.cloudevents import DEFAULT_TYPES
 from worker.events import Status, iana_zone
 from worker.policy import parse_policy
 from worker.quiet import Window
+from worker.signing import read_private_key
 from worker.sms_text import MAX_SEGMENTS, MAX_SEGMENTS_LIMIT
 
 
@@ -80,6 +81,8 @@ class KafkaSettings(_Section):
     group_id: str = Field("shipment-notifier", min_length=1)
     dlq_topic: str = ""
     retry_topic: str = ""
+    # the shop's opt-outs and opt-ins (docs/preferences.md); empty: no preferences topic
+    preferences_topic: str = Field("", max_length=249)
     client_id: str = "shipment-notifier"
     # static membership (KIP-345): a restarted replica with the same id gets its partitions
     # back without a rebalance; set it to the pod name of a StatefulSet, leave it unset else
@@ -144,6 +147,45 @@ class EmailSettings(_Section):
 
     from_: str = Field("Shop <no-reply@shop.example>", validation_alias="EMAIL_FROM")
     reply_to: str | None = None
+    # RFC 8058 one-click unsubscribe and DKIM signing (channels/mailheaders.py, signing.py)
+    unsubscribe_url: str | None = Field(None, validation_alias="UNSUBSCRIBE_URL")
+    unsubscribe_mailto: str | None = Field(None, validation_alias="UNSUBSCRIBE_MAILTO")
+    dkim_domain: str | None = Field(None, validation_alias="DKIM_DOMAIN")
+    dkim_selector: str | None = Field(None, validation_alias="DKIM_SELECTOR")
+    dkim_private_key_file: Path | None = Field(None, validation_alias="DKIM_PRIVATE_KEY_FILE")
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _unsubscribe_template(cls, value: str | None) -> str | None:
+        return None if value is None else unsubscribe_template(value)
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _unsubscribe_address(cls, value: str | None) -> str | None:
+        return None if value is None else plain_mailbox(value)
+
+    @field_validator("dkim_domain", "dkim_selector")
+    @classmethod
+    def _dns_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return value
+
+    @field_validator("dkim_private_key_file")
+    @classmethod
+    def _private_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_private_key(value)  # a key that cannot sign stops start-up, not every email
+        return value
+
+    @model_validator(mode="after")
+    def _dkim_complete(self) -> EmailSettings:
+        named = (self.dkim_domain, self.dkim_selector, self.dkim_private_key_file)
+        if any(v is not None for v in named) and not all(v is not None for v in named):
+            raise ValueError(
+                "DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE must be set together"
+            )
+        return self
 
     @field_validator("from_", "reply_to")
     @classmethod

@@ -66,3 +66,29 @@ async def partitions_of(settings: KafkaSettings, topic: str) -> list[int]:
         return sorted(p["partition"] for p in described[0]["partitions"])
     finally:
         await admin.close()
+
+
+async def ensure_preferences_topic(settings: KafkaSettings) -> None:
+    """Create the preferences topic when missing: compacted (the newest record per subject is
+    what counts), with the main topic's partition count. Left as it is when it exists."""
+    topic = settings.preferences_topic
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-admin"
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        if topic in existing:
+            return
+        partitions = await _partitions(admin, settings.topic) if settings.topic in existing else 1
+        replicas = min(3, len((await admin.describe_cluster())["brokers"]))
+        new = NewTopic(topic, partitions, replicas, topic_configs={"cleanup.policy": "compact"})
+        response = await admin.create_topics([new])
+        for name, code, *_ in getattr(response, "topic_errors", ()):
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise KafkaError(f"creating {name} failed with error code {code}")
+        log.info("preferences_topic_created", topic=topic, partitions=partitions)
+    except KafkaError as exc:
+        log.warning("preferences_topic_not_created", topic=topic, error=repr(exc))
+    finally:
+        await admin.close()

@@ -5,6 +5,8 @@
      │    └── ProviderThrottled   HTTP 429: the account is over its rate; every send of the
      │                            channel waits (``Retry-After``, when the provider gave one)
      └── PermanentDeliveryError   dead-letter this channel's notification: SMTP 5xx, HTTP 4xx
+          └── RecipientOptedOut   the provider says the recipient opted out (Twilio 21610):
+                                  remember it and skip the channel, not a failure
 
 Adapters wrap their library's errors in these (``raise ... from exc``), so nothing above the
 adapters imports aiosmtplib or httptools.
@@ -38,6 +40,11 @@ class PermanentDeliveryError(DeliveryError):
     """The same send will fail again; retrying is pointless."""
 
 
+class RecipientOptedOut(PermanentDeliveryError):
+    """The provider refuses because the recipient opted out (replied STOP): every later send
+    to the address would be refused the same way until they opt back in."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One rendered notification to one address."""
@@ -54,6 +61,8 @@ class Outgoing:
     # an SMS's cost, as rendered: ``gsm7`` or ``ucs2``, and how many segments it takes
     encoding: str = ""
     segments: int = 0
+    order_id: str = ""  # emails of one order thread together
+    customer_id: str | None = None
 
 
 class Sender(Protocol):

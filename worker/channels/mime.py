@@ -30,6 +30,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 from worker import addresses, graphemes
 from worker.channels import Outgoing, idempotency_key
+from worker.channels.mailheaders import Unsubscribe, thread_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +190,15 @@ def _date(second: int) -> str:
 
 
 class MimeBuilder:
-    def __init__(self, from_: str, reply_to: str | None) -> None:
+    def __init__(
+        self, from_: str, reply_to: str | None, unsubscribe: Unsubscribe | None = None
+    ) -> None:
         name, address = parseaddr(from_)
         self.sender = address
         self.domain = address.rpartition("@")[2]
         self._from = _address(name, address, "From")
         self._reply_to = _address(*parseaddr(reply_to), "Reply-To") if reply_to else None
+        self._unsubscribe = unsubscribe
 
     def build(
         self, message: Outgoing, now: datetime | None = None, *, eight_bit: bool = False
@@ -210,6 +214,8 @@ class MimeBuilder:
             f"Subject: {_encoded(message.subject, 'Subject')}",
             f"Date: {format_datetime(now) if now else _date(int(time.time()))}",
             f"Message-ID: {message_id}",
+            *(thread_headers(message.order_id, self.domain) if message.order_id else []),
+            *(self._unsubscribe.headers(message) if self._unsubscribe else []),
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
             f"Content-Language: {_encoded(message.locale, 'Content-Language')}",

@@ -21,6 +21,7 @@ from worker.channels import (
     Outgoing,
     PermanentDeliveryError,
     ProviderThrottled,
+    RecipientOptedOut,
     TransientDeliveryError,
     idempotency_key,
 )
@@ -31,6 +32,9 @@ MAX_PARSED_BODY = 16 * 1024
 # a code as providers give them (Twilio's 21211, a gateway's "invalid_number"): short, and with
 # too few digits to be a phone number, since the text goes to logs and dead letters
 _CODE = re.compile(r"[0-9]{1,6}|[A-Za-z][A-Za-z_.-]{0,31}[0-9]{0,6}")
+# the codes of a refusal because the recipient opted out: Twilio's 21610 ("Attempt to send to
+# unsubscribed recipient", after a STOP reply), and the words a webhook gateway answers with
+OPTED_OUT_CODES = frozenset({"21610", "opted_out", "unsubscribed"})
 
 
 def http_client(timeout: float, pool_size: int = 100) -> HttpClient:
@@ -63,9 +67,11 @@ class _HttpSender:
         if status >= 500:
             raise TransientDeliveryError(f"SMS provider answered {status}")
         if not 200 <= status < 300:  # a redirect is not an accepted SMS either
-            raise PermanentDeliveryError(
-                f"SMS provider refused with {status}{_provider_code(body)}"
-            )
+            code = _provider_code(body)
+            named = f" (provider code {code})" if code else ""
+            if 400 <= status < 500 and code.lower() in OPTED_OUT_CODES:
+                raise RecipientOptedOut(f"SMS provider refused with {status}{named}: opted out")
+            raise PermanentDeliveryError(f"SMS provider refused with {status}{named}")
 
     async def close(self) -> None:
         await self._client.close()
@@ -115,8 +121,8 @@ class WebhookSender(_HttpSender):
 
 def _provider_code(body: bytes) -> str:
     """The provider's error code, when the body is a small JSON object with one (its message
-    may quote the number, so it is left out). Nothing in the body raises: it only decides
-    whether the text names a code."""
+    may quote the number, so it is left out), else "". Nothing in the body raises: it only
+    decides whether the text names a code."""
     if len(body) > MAX_PARSED_BODY:
         return ""
     try:
@@ -126,5 +132,5 @@ def _provider_code(body: bytes) -> str:
     code = parsed.get("code") if isinstance(parsed, dict) else None
     if type(code) is int or type(code) is str:  # not True, whose type is a subclass of int
         text = str(code)
-        return f" (provider code {text})" if _CODE.fullmatch(text) else ""
+        return text if _CODE.fullmatch(text) else ""
     return ""

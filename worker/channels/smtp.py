@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import replace
 from typing import cast
 
 import aiosmtplib
@@ -27,8 +28,10 @@ from worker.channels import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from worker.channels.mailheaders import Unsubscribe
 from worker.channels.mime import MimeBuilder, WireMessage
 from worker.settings import EmailSettings, SmtpSecurity, SmtpSettings
+from worker.signing import DkimSigner
 
 MAX_ERROR_TEXT = 300  # characters of a delivery error's text, the server's words included
 
@@ -36,7 +39,15 @@ MAX_ERROR_TEXT = 300  # characters of a delivery error's text, the server's word
 class SmtpSender:
     def __init__(self, smtp: SmtpSettings, email: EmailSettings) -> None:
         self._settings = smtp
-        self.mime = MimeBuilder(email.from_, email.reply_to)
+        unsubscribe = Unsubscribe(email.unsubscribe_url, email.unsubscribe_mailto)
+        self.mime = MimeBuilder(email.from_, email.reply_to, unsubscribe)
+        self._signer = (
+            DkimSigner.from_file(
+                email.dkim_domain, email.dkim_selector, email.dkim_private_key_file
+            )
+            if email.dkim_domain and email.dkim_selector and email.dkim_private_key_file
+            else None
+        )
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         for _ in range(smtp.pool_size):
             self._idle.put_nowait(self._client())
@@ -65,7 +76,10 @@ class SmtpSender:
 
     def _build(self, message: Outgoing, eight_bit: bool) -> WireMessage:
         try:
-            return self.mime.build(message, eight_bit=eight_bit)
+            if self._signer is None:
+                return self.mime.build(message, eight_bit=eight_bit)
+            mail = self.mime.build(message, eight_bit=False)  # signing.py: why not 8bit
+            return replace(mail, data=self._signer.sign(mail.data))
         except ValueError as exc:  # an address or header value we refuse to put on the wire
             raise PermanentDeliveryError(_printable(f"message cannot be built: {exc}")) from exc
 

@@ -10,6 +10,7 @@ from worker.dedup.store import (
     ChannelOutcome,
     Claim,
     EventRecord,
+    Preference,
     ShipmentState,
     Snapshot,
     may_take_over,
@@ -22,6 +23,7 @@ class MemoryStore:
         self._events: dict[str, tuple[float, EventRecord]] = {}
         self._shipments: dict[str, tuple[float, ShipmentState]] = {}
         self._claims: dict[tuple[str, str], tuple[float, str]] = {}
+        self._preferences: dict[tuple[str, str], Preference] = {}
 
     async def load(self, event_id: str, shipment_id: str) -> Snapshot:
         now = time.time()
@@ -84,7 +86,22 @@ class MemoryStore:
     async def check(self) -> None:
         """Nothing to reach."""
 
+    async def set_preference(self, subject: str, channel: str, preference: Preference) -> bool:
+        stored = self._preferences.get((subject, channel))
+        if stored is not None and stored.at > preference.at:
+            return False
+        self._preferences[(subject, channel)] = preference
+        return True
+
+    async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
+        for subject in subjects:
+            stored = self._preferences.get((subject, channel))
+            if stored is not None and stored.opted_out:
+                return stored
+        return None
+
     async def close(self) -> None:
+        self._preferences.clear()
         self._events.clear()
         self._shipments.clear()
         self._claims.clear()

@@ -36,6 +36,7 @@ from worker.dedup.store import (
     ChannelOutcome,
     Claim,
     EventRecord,
+    Preference,
     ShipmentState,
     Snapshot,
     StoreError,
@@ -280,6 +281,39 @@ class RedisStore:
     @_passing_as_store_error
     async def reopen(self, event_id: str, channel: str) -> None:
         await self._redis.hdel(self._event_key(event_id), f"done:{channel}")
+
+    # Preferences: ``<prefix>pref:<subject>``, a hash of channel -> JSON [opted_out, at,
+    # source], without expiry. Each call touches one subject's key, apart from the event keys.
+    # KEYS: the subject's hash. ARGV: channel, the JSON, at. The newest choice wins.
+    _SET_PREFERENCE = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored and cjson.decode(stored)[2] > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+    def _preference_key(self, subject: str) -> str:
+        return f"{self._prefix}pref:{subject}"
+
+    @_passing_as_store_error
+    async def set_preference(self, subject: str, channel: str, preference: Preference) -> bool:
+        script = self._redis.register_script(self._SET_PREFERENCE)  # no server call
+        value = json.dumps([preference.opted_out, preference.at, preference.source])
+        args = [channel, value, repr(preference.at)]
+        return bool(await script(keys=[self._preference_key(subject)], args=args))
+
+    @_passing_as_store_error
+    async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for subject in subjects:
+                pipe.hget(self._preference_key(subject), channel)
+            stored = await pipe.execute()
+        for value in stored:
+            if value is not None:
+                opted_out, at, source = json.loads(value)
+                if opted_out:
+                    return Preference(True, float(at), source)
+        return None
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -20,6 +20,7 @@ from worker.dedup.store import (
     ChannelOutcome,
     Claim,
     DedupStore,
+    Preference,
     ShipmentState,
     Snapshot,
     StoreError,
@@ -85,6 +86,14 @@ class Resilient:
     async def ping(self) -> None:
         """The store's check, once, not waited out: ``/readyz`` asks how it is now."""
         await self._store.check()
+
+    async def set_preference(self, subject: str, channel: str, preference: Preference) -> bool:
+        return await self._until_done(
+            "set_preference", lambda: self._store.set_preference(subject, channel, preference)
+        )
+
+    async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
+        return await self._until_done("opted_out", lambda: self._store.opted_out(subjects, channel))
 
     async def close(self) -> None:
         await self._store.close()

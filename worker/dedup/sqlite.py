@@ -33,6 +33,7 @@ from worker.dedup.store import (
     ChannelOutcome,
     Claim,
     EventRecord,
+    Preference,
     ShipmentState,
     Snapshot,
     StoreError,
@@ -57,6 +58,14 @@ CREATE TABLE IF NOT EXISTS shipments (
     status TEXT NOT NULL,
     occurred_at REAL NOT NULL,
     expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS preferences (  -- kept without expiry: an opt-out outlives the TTL
+    subject TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    opted_out INTEGER NOT NULL,
+    at REAL NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (subject, channel)
 );
 CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 CREATE INDEX IF NOT EXISTS shipments_expiry ON shipments (expires_at);
@@ -208,6 +217,28 @@ class SqliteStore:
             "UPDATE events SET done = json_remove(done, '$.' || ?) WHERE event_id = ?",
             (channel, event_id),
         )
+
+    async def set_preference(self, subject: str, channel: str, preference: Preference) -> bool:
+        with _operational():
+            kept = self._db.execute(  # the newest choice wins
+                "INSERT INTO preferences (subject, channel, opted_out, at, source)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject, channel) DO UPDATE SET"
+                " opted_out = excluded.opted_out, at = excluded.at, source = excluded.source"
+                " WHERE excluded.at >= preferences.at",
+                (subject, channel, preference.opted_out, preference.at, preference.source),
+            ).rowcount
+        await self._committed()
+        return kept == 1
+
+    async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
+        marks = ", ".join("?" * len(subjects))
+        with _operational():
+            row = self._db.execute(
+                f"SELECT at, source FROM preferences WHERE channel = ? AND opted_out"
+                f" AND subject IN ({marks}) LIMIT 1",
+                (channel, *subjects),
+            ).fetchone()
+        return Preference(True, row[0], row[1]) if row else None
 
     def _purge(self, now: float) -> None:
         self._db.execute(  # a row whose record expired stays while a claim in it is live

@@ -39,6 +39,7 @@ class ChannelOutcome(StrEnum):
     STALE = "stale"  # dropped: the shipment moved on, or the channel is no longer planned
     HELD = "held"  # quiet hours: on the retry topic until the recipient's window opens
     EXPIRED = "expired"  # quiet hours, and its status's news would be late by then: dropped
+    OPTED_OUT = "opted_out"  # not sent: the recipient opted out of the channel
 
 
 # an outcome that still leaves the channel to be sent (by its retry record)
@@ -60,6 +61,16 @@ class EventRecord:
     @property
     def pending(self) -> tuple[str, ...]:
         return tuple(c for c in self.channels if c not in self.done)
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """One subject's choice for one channel (``worker/preferences.py`` names the subjects and
+    the sources). The newest ``at`` wins, whatever order the sources' writes arrive in."""
+
+    opted_out: bool
+    at: float  # POSIX timestamp of the choice
+    source: str  # "provider" (a STOP answer) or "topic" (the shop's preferences topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,13 @@ class DedupStore(Protocol):
         """At start-up: raise ``StoreUnavailable`` naming the cause when the store refuses
         this worker for good (a Redis refusing its credentials or its TLS), ``StoreError``
         when it cannot be reached for now."""
+
+    async def set_preference(self, subject: str, channel: str, preference: Preference) -> bool:
+        """Keep ``preference`` for ``subject`` and ``channel`` unless a newer one is stored
+        (returns whether it was kept). Preferences never expire: an opt-out outlives the TTL."""
+
+    async def opted_out(self, subjects: tuple[str, ...], channel: str) -> Preference | None:
+        """The stored opt-out of any of ``subjects`` for ``channel``, or None."""
 
     async def close(self) -> None: ...
 
