@@ -25,6 +25,8 @@ from worker.dedup.resilient import Resilient
 from worker.dedup.store import StoreUnavailable
 from worker.delivery import Courier, InProcessRetry
 from worker.events import Shop
+from worker.kafka_client import start as start_client
+from worker.kafka_client import wait_for_broker
 from worker.logs import get_logger
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -221,16 +223,17 @@ async def run(
         renderer = parts.renderer = checked_renderer(settings)
         store = parts.store = await build_store(settings, stack, metrics)
         senders = build_senders(settings, stack)
+        await wait_for_broker(kafka_settings)
         await ensure_side_topics(kafka_settings)
         producer = build_producer(kafka_settings)
-        await producer.start()
+        await start_client(producer, kafka_settings)
         stack.push_async_callback(producer.stop)
         side = SideTopics(
             producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic, metrics
         )
         pipeline = build_pipeline(settings, store, renderer, senders, side, metrics)
         kafka = build_consumer(kafka_settings)
-        await kafka.start()
+        await start_client(kafka, kafka_settings)
         stack.push_async_callback(kafka.stop)
         consumer = parts.consumer = KeyOrderedConsumer(
             kafka,
