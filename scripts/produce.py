@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from worker import kafka_client
+from worker import kafka_client, logs
 from worker.settings import ConfigError, KafkaSettings, load_settings
 
 
@@ -61,6 +61,7 @@ def main() -> int:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
         return 2
+    logs.configure(settings.log)
     try:
         count = asyncio.run(produce(lines, args.topic, settings.kafka))
     except kafka_client.KafkaUnavailable as exc:

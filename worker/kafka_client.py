@@ -193,7 +193,7 @@ def _refusal(exc: BaseException) -> str | None:
             said = " ".join(str(error).split())[:160] or type(error).__name__
             return f"authentication failed: {said} (KAFKA_SASL_*)"
         if isinstance(error, TokenRequestFailed) and not error.retriable:
-            return f"authentication failed: {error} (KAFKA_OAUTH_*)"
+            return f"authentication failed: {error.args[0]} (KAFKA_OAUTH_*)"
     return None
 
 
@@ -207,7 +207,7 @@ def _cause(exc: BaseException) -> str:
         if isinstance(error, ssl.SSLError):
             return f"TLS handshake failed: {error.reason or error} (is the listener TLS?)"
         if isinstance(error, TokenRequestFailed):
-            return str(error)
+            return str(error.args[0])
         if isinstance(error, OSError) and error.strerror:
             return error.strerror.lower()
     if isinstance(exc, TimeoutError):
