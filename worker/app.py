@@ -259,6 +259,8 @@ async def run(
         log.info(
             "worker_started",
             bootstrap_servers=kafka_settings.bootstrap_servers,
+            security_protocol=str(kafka_settings.security_protocol),
+            sasl_mechanism=kafka_settings.sasl_mechanism and str(kafka_settings.sasl_mechanism),
             topic=kafka_settings.topic,
             retry_topic=side.retry_topic,
             group_id=kafka_settings.group_id,
