@@ -81,7 +81,7 @@ def _problems(env: pytest.MonkeyPatch, **variables: str) -> list[str]:
         ),
         (
             {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": "/nonexistent/ca.pem"},
-            "KAFKA_SSL_CA_FILE: '/nonexistent/ca.pem' is not a readable file",
+            "KAFKA_SSL_CA_FILE: not a readable file (got '/nonexistent/ca.pem')",
         ),
         ({"KAFKA_CONNECT_TIMEOUT": "0"}, "KAFKA_CONNECT_TIMEOUT: Input should be greater than 0"),
     ],

@@ -124,7 +124,7 @@ class _KafkaSecurity(_Section):
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
-            raise ValueError(f"{str(value)!r} is not a readable file")
+            raise ValueError("not a readable file")
         return value
 
     @field_validator("oauth_token_url")
