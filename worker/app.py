@@ -25,6 +25,8 @@ from worker.dedup.resilient import Resilient
 from worker.dedup.store import StoreUnavailable
 from worker.delivery import Courier, InProcessRetry
 from worker.events import Shop
+from worker.kafka_client import start as start_client
+from worker.kafka_client import wait_for_broker
 from worker.logs import get_logger
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -222,9 +224,10 @@ async def run(
         renderer = parts.renderer = checked_renderer(settings)
         store = parts.store = await build_store(settings, stack, metrics)
         senders = build_senders(settings, stack)
+        await wait_for_broker(kafka_settings)
         await ensure_side_topics(kafka_settings)
         producer = build_producer(kafka_settings)
-        await producer.start()
+        await start_client(producer, kafka_settings)
         stack.push_async_callback(producer.stop)
         side = SideTopics(
             producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic, metrics
@@ -237,7 +240,7 @@ async def run(
             feed = PreferenceFeed(store, kafka_settings.preferences_topic, side)
             handler, topics = feed.route(pipeline.handle), (*topics, feed.topic)
         kafka = build_consumer(kafka_settings)
-        await kafka.start()
+        await start_client(kafka, kafka_settings)
         stack.push_async_callback(kafka.stop)
         consumer = parts.consumer = KeyOrderedConsumer(
             kafka,
@@ -263,6 +266,8 @@ async def run(
         log.info(
             "worker_started",
             bootstrap_servers=kafka_settings.bootstrap_servers,
+            security_protocol=str(kafka_settings.security_protocol),
+            sasl_mechanism=kafka_settings.sasl_mechanism and str(kafka_settings.sasl_mechanism),
             topic=kafka_settings.topic,
             retry_topic=side.retry_topic,
             group_id=kafka_settings.group_id,

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from worker import app, asyncapi, dlq, logs, preview, probes
 from worker.consumer import ConsumerFailed
 from worker.events import Event
+from worker.kafka_client import KafkaUnavailable
 from worker.policy import CHANNELS, STATUSES
 from worker.render import Renderer, RenderError
 from worker.settings import ConfigError, EventLoop, Settings, load_settings
@@ -44,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # e.g. DEFAULT_LOCALE without templates, or a template that fails with sample data
         print(f"start-up error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
+    except KafkaUnavailable as exc:
+        # already retried for KAFKA_CONNECT_TIMEOUT (each try logged), or refused for good
+        print(f"kafka error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     return code
 
 

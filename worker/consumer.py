@@ -49,6 +49,7 @@ from aiokafka.errors import (
     KafkaError,
 )
 
+from worker import kafka_client
 from worker.envelope import Envelope
 from worker.logs import get_logger
 from worker.offsets import Watermark
@@ -89,7 +90,7 @@ class ConsumerFailed(Exception):
 def build_consumer(settings: KafkaSettings, *topics: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client.connection_kwargs(settings),
         group_id=settings.group_id,
         group_instance_id=settings.group_instance_id,
         session_timeout_ms=settings.session_timeout_ms,

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker import headers
+from worker import headers, kafka_client
 from worker.policy import CHANNELS
 from worker.retry import RetryState
 from worker.settings import KafkaSettings
@@ -61,9 +61,9 @@ async def read_all(settings: KafkaSettings) -> AsyncIterator[DeadLetter]:
     if not tps:
         return
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+        **kafka_client.connection_kwargs(settings), enable_auto_commit=False
     )
-    await consumer.start()
+    await kafka_client.start(consumer, settings)
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -99,6 +99,7 @@ class Summary:
 
 
 async def summarize(settings: KafkaSettings) -> Summary:
+    await kafka_client.wait_for_broker(settings)
     by_reason: Counter[str] = Counter()
     examples: dict[str, str] = {}
     first = last = None
@@ -125,10 +126,11 @@ async def replay(
     settings: KafkaSettings, wanted: Callable[[DeadLetter], bool], *, dry_run: bool = False
 ) -> int:
     """Put the wanted dead letters back (see the module docstring); return how many."""
+    await kafka_client.wait_for_broker(settings)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+        **kafka_client.connection_kwargs(settings), acks="all", enable_idempotence=True
     )
-    await producer.start()
+    await kafka_client.start(producer, settings)
     count = 0
     try:
         async for letter in read_all(settings):

@@ -8,8 +8,10 @@ wrong with it, so start-up can stop with a message instead of a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import socket
+import ssl
 import sys
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -73,7 +75,157 @@ class _Section(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
 
-class KafkaSettings(_Section):
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    OAUTHBEARER = "OAUTHBEARER"
+
+
+class KafkaOAuthProvider(StrEnum):
+    OIDC = "oidc"  # client-credentials grant at KAFKA_OAUTH_TOKEN_URL (worker/oauth.py)
+    AWS_MSK_IAM = "aws-msk-iam"  # the optional extra msk-iam (worker/oauth.py)
+
+
+class _KafkaSecurity(_Section):
+    """How every Kafka client of the project connects: TLS, SASL, tokens, and how long start-up
+    waits for a broker. Read by ``worker/kafka_client.py``; secrets are ``SecretStr``."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+
+    connect_timeout: PositiveFloat = 60.0
+    security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
+    sasl_mechanism: KafkaSaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    oauth_provider: KafkaOAuthProvider = KafkaOAuthProvider.OIDC
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str | None = None
+    aws_region: str | None = Field(None, validation_alias="AWS_REGION")
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("not a readable file")
+        return value
+
+    @field_validator("oauth_token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            http_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _KafkaSecurity:
+        for problem in _kafka_security_problems(self):
+            raise ValueError(problem)
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in (
+            KafkaSecurityProtocol.SASL_PLAINTEXT,
+            KafkaSecurityProtocol.SASL_SSL,
+        )
+
+
+def _kafka_security_problems(kafka: _KafkaSecurity) -> list[str]:
+    """What is missing or contradictory, each line naming the variable (no secret values)."""
+    mechanism = kafka.sasl_mechanism
+    if kafka.uses_sasl and mechanism is None:
+        return [f"KAFKA_SASL_MECHANISM: KAFKA_SECURITY_PROTOCOL={kafka.security_protocol} needs it"]
+    if not kafka.uses_sasl and mechanism is not None:
+        return [
+            "KAFKA_SASL_MECHANISM: set only with KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT"
+        ]
+    tls_files = (kafka.ssl_ca_file, kafka.ssl_cert_file, kafka.ssl_key_file)
+    if not kafka.uses_tls and any(tls_files):
+        return ["KAFKA_SSL_*: set only with KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"]
+    if bool(kafka.ssl_cert_file) != bool(kafka.ssl_key_file):
+        return ["KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE must be set together"]
+    if kafka.ssl_key_password and not kafka.ssl_key_file:
+        return ["KAFKA_SSL_KEY_PASSWORD: set only with KAFKA_SSL_KEY_FILE"]
+    if mechanism is KafkaSaslMechanism.OAUTHBEARER:
+        return _oauth_problems(kafka)
+    if mechanism is not None and not (kafka.sasl_username and kafka.sasl_password):
+        return [
+            f"KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+        ]
+    return _tls_problems(kafka) if kafka.uses_tls else []
+
+
+def _oauth_problems(kafka: _KafkaSecurity) -> list[str]:
+    if kafka.oauth_provider is KafkaOAuthProvider.AWS_MSK_IAM:
+        if not kafka.aws_region:
+            return ["AWS_REGION: KAFKA_OAUTH_PROVIDER=aws-msk-iam needs it"]
+        if importlib.util.find_spec("aws_msk_iam_sasl_signer") is None:
+            return [
+                "KAFKA_OAUTH_PROVIDER=aws-msk-iam needs the msk-iam extra: "
+                "pip install 'shipment-notifier[msk-iam]'"
+            ]
+        return _tls_problems(kafka) if kafka.uses_tls else []
+    missing = [
+        name
+        for name, value in (
+            ("KAFKA_OAUTH_TOKEN_URL", kafka.oauth_token_url),
+            ("KAFKA_OAUTH_CLIENT_ID", kafka.oauth_client_id),
+            ("KAFKA_OAUTH_CLIENT_SECRET", kafka.oauth_client_secret),
+        )
+        if not value
+    ]
+    if missing:
+        return [f"KAFKA_SASL_MECHANISM=OAUTHBEARER needs {', '.join(missing)}"]
+    return _tls_problems(kafka) if kafka.uses_tls else []
+
+
+def _tls_problems(kafka: _KafkaSecurity) -> list[str]:
+    """Load the CA and the client certificate now: a wrong file or key password stops start-up
+    here, naming the variable, instead of failing every connection later."""
+    context = ssl.create_default_context()
+    try:
+        if kafka.ssl_ca_file:
+            context.load_verify_locations(cafile=kafka.ssl_ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        return [f"KAFKA_SSL_CA_FILE: not a PEM CA certificate ({exc.strerror or exc})"]
+    if not kafka.ssl_cert_file or not kafka.ssl_key_file:
+        return []
+    password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+    try:
+        context.load_cert_chain(kafka.ssl_cert_file, kafka.ssl_key_file, password or "")
+    except (ssl.SSLError, OSError):
+        return [
+            "KAFKA_SSL_CERT_FILE, KAFKA_SSL_KEY_FILE, KAFKA_SSL_KEY_PASSWORD: the certificate "
+            "and key do not load together (wrong file, key password, or a key of another "
+            "certificate)"
+        ]
+    return []
+
+
+class KafkaSettings(_KafkaSecurity):
     model_config = SettingsConfigDict(env_prefix="KAFKA_")
 
     bootstrap_servers: str = "localhost:9092"

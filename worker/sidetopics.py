@@ -15,7 +15,7 @@ import asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from worker import headers
+from worker import headers, kafka_client
 from worker.envelope import Envelope
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -27,7 +27,7 @@ log = get_logger(__name__)
 
 def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client.connection_kwargs(settings),
         client_id=f"{settings.client_id}-side",
         acks="all",
         enable_idempotence=True,

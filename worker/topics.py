@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from worker import kafka_client
 from worker.logs import get_logger
 from worker.settings import KafkaSettings
 
@@ -17,10 +18,8 @@ log = get_logger(__name__)
 
 
 async def ensure_side_topics(settings: KafkaSettings) -> None:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-admin"
-    )
-    await admin.start()
+    admin = _admin(settings)
+    await kafka_client.start(admin, settings)
     try:
         existing = set(await admin.list_topics())
         wanted = [settings.dead_letter_topic, settings.retries_topic]
@@ -36,6 +35,12 @@ async def ensure_side_topics(settings: KafkaSettings) -> None:
         log.warning("side_topics_not_created", topics=missing, error=repr(exc))
     finally:
         await admin.close()
+
+
+def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        **kafka_client.connection_kwargs(settings), client_id=f"{settings.client_id}-admin"
+    )
 
 
 async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> int:
@@ -55,10 +60,8 @@ async def _create(
 
 async def partitions_of(settings: KafkaSettings, topic: str) -> list[int]:
     """The partition numbers of ``topic`` (empty when it does not exist)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-admin"
-    )
-    await admin.start()
+    admin = _admin(settings)
+    await kafka_client.start(admin, settings)
     try:
         if topic not in await admin.list_topics():
             return []
