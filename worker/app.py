@@ -20,6 +20,7 @@ from worker.dedup.store import StoreUnavailable
 from worker.delivery import Courier, InProcessRetry
 from worker.events import Shop
 from worker.logs import get_logger
+from worker.notification_log import NoLog, NotificationLog, build_notes
 from worker.pipeline import Pipeline
 from worker.preview import check
 from worker.render import Renderer
@@ -90,9 +91,11 @@ def build_pipeline(
     renderer: Renderer,
     senders: dict[str, Sender],
     side: SideTopics,
+    notes: NotificationLog | NoLog | None = None,
 ) -> Pipeline:
     app, limits = settings.app, settings.retry
     courier = Courier(
+        notes=notes,
         store=store,
         renderer=renderer,
         senders=senders,
@@ -134,7 +137,8 @@ async def run(
         await producer.start()
         stack.push_async_callback(producer.stop)
         side = SideTopics(producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic)
-        pipeline = build_pipeline(settings, store, renderer, senders, side)
+        notes = build_notes(settings, producer)
+        pipeline = build_pipeline(settings, store, renderer, senders, side, notes)
         kafka = build_consumer(kafka_settings)
         await kafka.start()
         stack.push_async_callback(kafka.stop)

@@ -12,6 +12,8 @@ store write (accept with its claims, claim, reopen, mark_done).
 
 The outcome is written to the store only after the retry or dead-letter record is durable, so a
 crash in between leads to a resend attempt (guarded by the claim), never to a silent loss.
+Each outcome, and each channel the plan skips, is then noted in the notification log
+(``notification_log``), all through ``_record``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from worker.dedup.store import ChannelOutcome
 from worker.envelope import Envelope
 from worker.events import Event
 from worker.logs import get_logger, mask_email, mask_phone, terminal_text
-from worker.policy import Delivery
+from worker.notification_log import NoLog, Noted
+from worker.policy import Delivery, Skip
 from worker.render import Renderer, RenderError
 from worker.retry import Backoff, RetryLimits, RetryState, first_retry, history_text
 
@@ -56,6 +59,11 @@ class DeadLetters(Protocol):
 class Retries(Protocol):
     async def schedule(self, envelope: Envelope, state: RetryState, error: str) -> None:
         """Put the record on the retry topic for ``state``; return once it is durable."""
+
+
+class Notes(Protocol):
+    async def note(self, noted: Noted) -> None:
+        """Publish the outcome to the notification log; return once it is durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,18 @@ class Notification:
         address = self.delivery.address
         return mask_email(address) if self.channel == "email" else mask_phone(address)
 
+    def noted(
+        self,
+        outcome: ChannelOutcome,
+        reason: str | None = None,
+        detail: str | None = None,
+        message_id: str | None = None,
+    ) -> Noted:
+        address = self.delivery.address
+        return Noted(
+            self.event, self.envelope, self.channel, outcome, reason, detail, address, message_id
+        )
+
 
 class Courier:
     def __init__(
@@ -103,6 +123,7 @@ class Courier:
         owner: str,
         lease: float,
         clock: Callable[[], float] = time.time,
+        notes: Notes | None = None,
     ) -> None:
         self._store = store
         self._renderer = renderer
@@ -114,6 +135,7 @@ class Courier:
         self.owner = owner
         self.lease = lease
         self._clock = clock
+        self._notes: Notes = notes or NoLog()
 
     async def first(
         self, event: Event, envelope: Envelope, deliveries: tuple[Delivery, ...]
@@ -149,7 +171,8 @@ class Courier:
         planned = {d.channel for d in deliveries}
         for channel in record.pending:
             if channel not in planned:
-                await self._store.mark_done(event.event_id, channel, ChannelOutcome.STALE)
+                stale = ChannelOutcome.STALE
+                await self._record(Noted(event, envelope, channel, stale, "no_longer_planned"))
                 log.info("notification_skipped", channel=channel, reason="no_longer_planned")
         pending = [d for d in deliveries if d.channel in record.pending]
         results = await _concurrently(
@@ -168,11 +191,35 @@ class Courier:
         log.info("notification_reopened", channel=notification.channel)
         return await self._claim_and_deliver(notification)
 
-    async def drop(self, event_id: str, channels: Iterable[str], reason: str) -> None:
+    async def drop(
+        self, event: Event, envelope: Envelope, channels: Iterable[str], reason: str
+    ) -> None:
         """The channels will not be sent: their news is outdated or no longer planned."""
         for channel in channels:
-            await self._store.mark_done(event_id, channel, ChannelOutcome.STALE)
+            await self._record(Noted(event, envelope, channel, ChannelOutcome.STALE, reason))
             log.info("notification_stale_dropped", channel=channel, reason=reason)
+
+    async def skip(self, event: Event, envelope: Envelope, skips: Iterable[Skip]) -> None:
+        """Channels left out by the plan or by an ordering rule: noted, never stored (a
+        redelivery decides them again)."""
+        for skip in skips:
+            await self._record(Noted(event, envelope, skip.channel, None, skip.reason))
+
+    async def recall(self, event: Event, envelope: Envelope, done: Mapping[str, str]) -> None:
+        """A redelivered record: note again the outcomes the store holds, since the first
+        notes may have been lost with a crash right after they were stored. They carry the
+        same ids; what only the first note knew (a Message-ID, an error) is left out."""
+        for channel, word in done.items():
+            if word in _KNOWN:  # a word of a newer worker sharing the store is not ours to note
+                noted = Noted(event, envelope, channel, ChannelOutcome(word))
+                await self._notes.note(noted)
+
+    async def _record(self, noted: Noted) -> None:
+        """Store a channel's outcome (a skip is not stored), then note it in the log: after
+        the store, so a note never runs ahead of what a redelivery would find."""
+        if noted.stored is not None:
+            await self._store.mark_done(noted.event.event_id, noted.channel, noted.stored)
+        await self._notes.note(noted)
 
     async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
         done = await self._claim(notification.event_id, notification.channel)
@@ -201,7 +248,7 @@ class Courier:
         n = notification
         tries = 1 if n.retry else 1 + self._in_process.attempts
         try:
-            await self._send(self._compose(n), n.to, tries)
+            message_id = await self._send(self._compose(n), n.to, tries)
         except PermanentDeliveryError as exc:
             return await self._dead_letter(n, "permanent", str(exc))
         except TransientDeliveryError as exc:
@@ -209,7 +256,7 @@ class Courier:
         except Exception as exc:  # a bug, or an answer nobody foresaw: this channel ends here
             log.error("notification_crashed", channel=n.channel, to=n.to, exc_info=True)
             return await self._dead_letter(n, "internal_error", describe_exception(exc))
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.SENT)
+        await self._record(n.noted(ChannelOutcome.SENT, message_id=message_id))
         log.info("notification_sent", channel=n.channel, to=n.to)
         return ChannelOutcome.SENT
 
@@ -235,12 +282,12 @@ class Courier:
             html=html,
         )
 
-    async def _send(self, message: Outgoing, to: str, tries: int) -> None:
+    async def _send(self, message: Outgoing, to: str, tries: int) -> str | None:
+        """The sender's id for the message once it is accepted."""
         sender = self._senders[message.channel]
         for attempt in range(1, tries + 1):
             try:
-                await sender.send(message)
-                return
+                return await sender.send(message)
             except TransientDeliveryError as exc:
                 if attempt == tries:
                     raise
@@ -256,6 +303,7 @@ class Courier:
                 await asyncio.sleep(delay)
                 # a slow provider must not let the claim lapse while we still own the send
                 await self._store.claim(message.event_id, message.channel, self.owner, self.lease)
+        return None  # not reached: the last try returns or raises
 
     async def _defer(self, notification: Notification, error: str) -> ChannelOutcome:
         n, now = notification, self._clock()
@@ -268,7 +316,7 @@ class Courier:
             extra = [(headers.RETRY_HISTORY, history_text(failures).encode())]
             return await self._dead_letter(n, "retries_exhausted", error, extra)
         await self._retries.schedule(n.envelope, following, error)
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEFERRED)
+        await self._record(n.noted(ChannelOutcome.DEFERRED, "transient", error))
         log.warning(
             "notification_retry_scheduled",
             channel=n.channel,
@@ -290,11 +338,14 @@ class Courier:
         await self._dead_letters.publish(
             n.envelope, error_type, error, channel=n.channel, extra=extra
         )
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEAD_LETTERED)
+        await self._record(n.noted(ChannelOutcome.DEAD_LETTERED, error_type, error))
         log.error(
             "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
         )
         return ChannelOutcome.DEAD_LETTERED
+
+
+_KNOWN = frozenset(ChannelOutcome)
 
 
 def describe_exception(exc: BaseException) -> str:
