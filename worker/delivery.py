@@ -201,9 +201,10 @@ class Courier:
 
     async def skip(self, event: Event, envelope: Envelope, skips: Iterable[Skip]) -> None:
         """Channels left out by the plan or by an ordering rule: noted, never stored (a
-        redelivery decides them again)."""
+        redelivery decides them again). Not a channel the worker has no sender for."""
         for skip in skips:
-            await self._record(Noted(event, envelope, skip.channel, None, skip.reason))
+            if skip.channel in self._senders:
+                await self._record(Noted(event, envelope, skip.channel, None, skip.reason))
 
     async def recall(self, event: Event, envelope: Envelope, done: Mapping[str, str]) -> None:
         """A redelivered record: note again the outcomes the store holds, since the first

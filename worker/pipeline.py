@@ -134,9 +134,7 @@ class Pipeline:
             return _summarize(await self._courier.resume(event, envelope, record, deliveries))
         rule = skip_reason(event, snapshot.shipment)
         if rule is not None:
-            ruled = [
-                Skip(c, rule) for c in self._policy.get(event.status, ()) if c in self._channels
-            ]
+            ruled = [Skip(c, rule) for c in self._policy.get(event.status, ())]
             await self._courier.skip(event, envelope, ruled)
             return Outcome("skipped", rule)
         decided = plan(event, self._policy, self._channels)
