@@ -23,12 +23,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
-from worker.logs import terminal_text
 from worker.notification_log import LogRecord
 from worker.settings import KafkaSettings
 from worker.topics import partitions_of
 
-FETCH_BYTES = 8 * 1024 * 1024  # per partition and request: large reads, few round trips
+# a fetch at the position a partition had before the seek waits this long for new records
+# before the seek takes effect (the client's default, 500 ms, doubled a query's time)
+FETCH_MAX_WAIT_MS = 20
 SCAN_LIMIT = 1_000_000  # records an --order query reads at most, by default
 
 
@@ -59,8 +60,8 @@ class Found:
 async def search(settings: KafkaSettings, topic: str, query: Query) -> Found:
     """The records of ``topic`` that match ``query``, in the order they were published per
     partition (merged by outcome time across partitions), repeats dropped."""
-    numbers = await partitions_of(settings, topic)
     found = Found()
+    numbers = await partitions_of(settings, topic)
     if not numbers:
         return found
     if query.shipment is not None:
@@ -72,8 +73,7 @@ async def search(settings: KafkaSettings, topic: str, query: Query) -> Found:
         client_id=f"{settings.client_id}-history",
         group_id=None,
         enable_auto_commit=False,
-        max_partition_fetch_bytes=FETCH_BYTES,
-        fetch_max_bytes=FETCH_BYTES * 4,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     await consumer.start()
     try:
@@ -200,5 +200,6 @@ def timeline(records: list[LogRecord], *, with_shipment: bool) -> list[str]:
 
 
 def _shown(cell: str) -> str:
-    """A cell as one inert line: the topic is readable by other writers than the worker."""
-    return terminal_text(cell, limit=400)
+    """A cell as inert text on one line (other writers than the worker may write the topic),
+    with what the log holds left as it is: the writer masked what needed masking."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in cell[:400])

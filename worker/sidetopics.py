@@ -29,6 +29,10 @@ def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         client_id=f"{settings.client_id}-side",
         acks="all",
         enable_idempotence=True,
+        # a batch per partition is in flight at a time (idempotence); the notification log's
+        # records of hundreds of concurrent records wait for it to drain, so it must hold
+        # them all: at 16 KiB, each drain woke every waiter to find the next batch full too
+        max_batch_size=512 * 1024,
     )
 
 
