@@ -167,7 +167,7 @@ def _unique(records: Iterable[LogRecord]) -> list[LogRecord]:
     return kept
 
 
-COLUMNS = ("time (UTC)", "status", "channel", "outcome", "reason", "to", "id")
+COLUMNS = ("time (UTC)", "status", "channel", "locale", "outcome", "reason", "to", "id")
 
 
 def timeline(records: list[LogRecord], *, with_shipment: bool) -> list[str]:
@@ -185,6 +185,7 @@ def timeline(records: list[LogRecord], *, with_shipment: bool) -> list[str]:
                 r.outcome_at.strftime("%Y-%m-%d %H:%M:%S"),
                 r.status,
                 r.channel,
+                r.locale or "-",
                 r.outcome,
                 why or "-",
                 r.recipient or "-",
