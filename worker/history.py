@@ -78,8 +78,8 @@ async def search(settings: KafkaSettings, topic: str, query: Query) -> Found:
     await consumer.start()
     try:
         consumer.assign(tps)
-        starts = await _starts(consumer, tps, query, found)
         ends = await consumer.end_offsets(tps)
+        starts = await _starts(consumer, ends, query, found)
         for tp in tps:
             if starts[tp] < ends[tp]:
                 consumer.seek(tp, starts[tp])
@@ -91,11 +91,12 @@ async def search(settings: KafkaSettings, topic: str, query: Query) -> Found:
 
 
 async def _starts(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], query: Query, found: Found
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], query: Query, found: Found
 ) -> dict[TopicPartition, int]:
-    begins = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    starts = dict(begins)
+    """Where each partition's read begins: its start, or ``--since``, or an ``--order``
+    scan's bound before its end."""
+    tps = list(ends)
+    starts = dict(await consumer.beginning_offsets(tps))
     if query.since is not None:
         at = await consumer.offsets_for_times(
             {tp: int(query.since.timestamp() * 1000) for tp in tps}
@@ -117,7 +118,7 @@ class _Matcher:
     def __init__(self, query: Query) -> None:
         self.key = query.shipment.encode() if query.shipment is not None else None
         self.order = query.order
-        # '"order_id":"O"' as the writer's JSON has it (tests/test_history.py checks)
+        # '"order_id":"O"' as the writer's JSON has it (tests/test_notification_log.py checks)
         self.needle = f'"order_id":{json.dumps(query.order or "", ensure_ascii=False)}'.encode()
 
     def wanted(self, key: bytes | None, value: bytes | None) -> bool:
