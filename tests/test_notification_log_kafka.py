@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import MakeTopic, Produce, read_topic
 from tests.factories import event, record
@@ -222,7 +223,8 @@ async def test_history_of_an_order_and_since(
     smtp_sink: SmtpSink,
 ) -> None:
     """``--order`` finds the outcomes of every shipment of the order across partitions, and no
-    other order's; ``--since`` a moment after the first outcomes leaves them out."""
+    other order's, while the worker runs; ``--since`` a moment after the first outcomes leaves
+    them out."""
     topic = await new_topic(partitions=3)
     env = worker_env(topic, SMS_PROVIDER="disabled")
     shipments = [f"SHP-O-{i}" for i in range(6)]
@@ -246,7 +248,8 @@ async def test_history_of_an_order_and_since(
                           shipment={"order_id": "ORD-Ä"}))],
         )  # fmt: skip
         await wait_for_log(kafka_bootstrap, topic, 7)
-    found = await history_json(kafka_bootstrap, topic, "--order", "ORD-Ä")
+        # while the worker runs (history joins no group, so it takes no partition from it)
+        found = await history_json(kafka_bootstrap, topic, "--order", "ORD-Ä")
     assert sorted((r["shipment_id"], r["status"]) for r in found) == [
         ("SHP-O-1", "delivered"),
         ("SHP-O-1", "shipped"),
@@ -258,3 +261,42 @@ async def test_history_of_an_order_and_since(
     assert [(r["shipment_id"], r["status"]) for r in late] == [("SHP-O-1", "delivered")]
     one = await history_json(kafka_bootstrap, topic, "--shipment", "SHP-O-3")
     assert [(r["shipment_id"], r["outcome"]) for r in one] == [("SHP-O-3", "sent")]
+
+
+async def test_an_empty_topic_setting_turns_the_log_off(
+    kafka_bootstrap: str,
+    new_topic: MakeTopic,
+    produce: Produce,
+    worker_env: Env,
+    run_worker: Any,
+    smtp_sink: SmtpSink,
+) -> None:
+    """With ``KAFKA_NOTIFICATIONS_TOPIC=`` the worker notifies as before, creates no log topic
+    and publishes nothing; ``history`` says the log is off and exits 2."""
+    topic = await new_topic(partitions=1)
+    env = worker_env(topic, KAFKA_NOTIFICATIONS_TOPIC="", SMS_PROVIDER="disabled")
+    async with run_worker(env):
+        await produce(topic, [record(event("e1", "shipped"))])
+        await smtp_sink.wait_for(1)
+        await wait_committed(kafka_bootstrap, env, {0: 1})
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    assert {f"{topic}.dlq", f"{topic}.retry"} <= topics
+    assert f"{topic}.notifications" not in topics
+    off = {**clean_environ(), "KAFKA_TOPIC": topic, "KAFKA_NOTIFICATIONS_TOPIC": ""}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "worker", "history", "--shipment", "SHP-1"],
+        cwd=ROOT,
+        env=off,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "history: the notification log is off (KAFKA_NOTIFICATIONS_TOPIC=)\n"
