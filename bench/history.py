@@ -73,7 +73,7 @@ def _records(count: int) -> list[tuple[bytes, bytes]]:
             address="an.nguyen@example.com" if channel == "email" else None,
             message_id="<5d41402abc4b2a76b9719d911017c592@shop.example>" if stored else None,
         )
-        out.append((shipment.id.encode(), log.record(noted).model_dump_json().encode()))
+        out.append((shipment.id.encode(), log.value(noted)))
     return out
 
 
