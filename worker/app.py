@@ -29,6 +29,7 @@ from worker.kafka_client import start as start_client
 from worker.kafka_client import wait_for_broker
 from worker.logs import get_logger
 from worker.metrics import Metrics
+from worker.notification_log import NoLog, NotificationLog, build_notes
 from worker.pipeline import Pipeline
 from worker.preference_feed import PreferenceFeed
 from worker.preview import check
@@ -116,9 +117,11 @@ def build_pipeline(
     senders: dict[str, Sender],
     side: SideTopics,
     metrics: Metrics | None = None,
+    notes: NotificationLog | NoLog | None = None,
 ) -> Pipeline:
     app, limits = settings.app, settings.retry
     courier = Courier(
+        notes=notes,
         store=store,
         renderer=renderer,
         senders=senders,
@@ -232,7 +235,8 @@ async def run(
         side = SideTopics(
             producer, kafka_settings.dead_letter_topic, kafka_settings.retries_topic, metrics
         )
-        pipeline = build_pipeline(settings, store, renderer, senders, side, metrics)
+        notes = build_notes(settings, producer)
+        pipeline = build_pipeline(settings, store, renderer, senders, side, metrics, notes)
         handler: Handler = pipeline.handle
         topics: tuple[str, ...] = (kafka_settings.topic, side.retry_topic)
         if kafka_settings.preferences_topic:  # read with the events: docs/preferences.md

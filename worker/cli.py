@@ -1,6 +1,6 @@
-"""Command line: ``python -m worker run|health|check|preview|schema|asyncapi|dlq``. Thin: parses
-arguments, loads the settings, calls into the package. Exit codes: 0 ok, 1 the command found a
-problem, 2 bad configuration or usage."""
+"""Command line: ``python -m worker run|health|check|preview|schema|asyncapi|dlq|history``.
+Thin: parses arguments, loads the settings, calls into the package. Exit codes: 0 ok, 1 the
+command found a problem, 2 bad configuration or usage."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker import app, asyncapi, dlq, logs, preview, probes
+from worker import app, asyncapi, dlq, history, logs, preview, probes
 from worker.consumer import ConsumerFailed
 from worker.events import Event
 from worker.kafka_client import KafkaUnavailable
+from worker.notification_log import LogRecord
 from worker.policy import CHANNELS, STATUSES
 from worker.render import Renderer, RenderError
 from worker.settings import ConfigError, EventLoop, Settings, load_settings
@@ -92,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_preview)
 
     schema = commands.add_parser("schema", help="print the event JSON Schema")
+    schema.add_argument(
+        "--notifications", action="store_true", help="the notification log's schema instead"
+    )
     schema.set_defaults(func=_schema)
     contract = commands.add_parser("asyncapi", help="print the topics' AsyncAPI 3.0 document")
     contract.set_defaults(func=_asyncapi)
@@ -108,7 +112,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--dry-run", action="store_true", help="count, do not publish")
     again.set_defaults(func=_dlq_replay)
+    _history_parser(commands)
     return parser
+
+
+def _history_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    past = commands.add_parser(
+        "history", help="what became of a shipment's or an order's notifications (the log topic)"
+    )
+    which = past.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shipment", help="a shipment id: reads only its partition")
+    which.add_argument("--order", help="an order id: scans every partition, within --scan-limit")
+    past.add_argument("--since", type=_timestamp, help="only outcomes from this time on (ISO)")
+    past.add_argument(
+        "--scan-limit",
+        type=_positive,
+        default=history.SCAN_LIMIT,
+        help="--order reads at most this many of the newest records (default %(default)s)",
+    )
+    past.add_argument("--json", action="store_true", help="one JSON record per line")
+    past.set_defaults(func=_history)
 
 
 def _timestamp(text: str) -> datetime:
@@ -117,6 +140,12 @@ def _timestamp(text: str) -> datetime:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -255,7 +284,34 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _schema(settings: Settings, args: argparse.Namespace) -> int:
-    print(json.dumps(Event.model_json_schema(), indent=2, ensure_ascii=False))
+    model = LogRecord if args.notifications else Event
+    print(json.dumps(model.model_json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _history(settings: Settings, args: argparse.Namespace) -> int:
+    topic = settings.kafka.notification_log_topic
+    if topic is None:
+        print("history: the notification log is off (KAFKA_NOTIFICATIONS_TOPIC=)", file=sys.stderr)
+        return EXIT_CONFIG
+    query = history.Query(args.shipment, args.order, args.since, args.scan_limit)
+    found = asyncio.run(history.search(settings.kafka, topic, query))
+    if args.json:
+        for record in found.records:
+            print(record.model_dump_json())
+    else:
+        asked = f"shipment {args.shipment}" if args.shipment else f"order {args.order}"
+        print(f"{topic}: {len(found.records)} notification outcomes of {asked}")
+        if found.records:
+            print("\n".join(history.timeline(found.records, with_shipment=bool(args.order))))
+    if found.truncated:
+        print(
+            f"history: only the newest {args.scan_limit} records were read; older ones need "
+            "--since or a larger --scan-limit",
+            file=sys.stderr,
+        )
+    if found.unreadable:
+        print(f"history: {found.unreadable} matching records were not readable", file=sys.stderr)
     return 0
 
 

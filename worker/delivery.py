@@ -20,6 +20,8 @@ pause a provider's 429 asked for); a long wait renews the claim, so it never lap
 
 The outcome is written to the store only after the retry or dead-letter record is durable, so a
 crash in between leads to a resend attempt (guarded by the claim), never to a silent loss.
+Each outcome, and each channel the plan skips, is then noted in the notification log
+(``notification_log``), all through ``_record``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from worker.envelope import Envelope
 from worker.events import Event
 from worker.logs import get_logger, mask_email, mask_phone, terminal_text
 from worker.metrics import Metrics
-from worker.policy import Delivery
+from worker.notification_log import NoLog, Noted
+from worker.policy import Delivery, Skip
 from worker.preferences import PROVIDER, address_subject, subjects
 from worker.quiet import Quiet, QuietHours
 from worker.ratelimit import Throttle
@@ -74,6 +77,11 @@ class Retries(Protocol):
 
     async def hold(self, envelope: Envelope, held: Held) -> None:
         """Put the record on the retry topic until quiet hours end; return once durable."""
+
+
+class Notes(Protocol):
+    async def note(self, noted: Noted) -> None:
+        """Publish the outcome to the notification log; return once it is durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,18 @@ class Notification:
         address = self.delivery.address
         return mask_email(address) if self.channel == "email" else mask_phone(address)
 
+    def noted(
+        self,
+        outcome: ChannelOutcome,
+        reason: str | None = None,
+        detail: str | None = None,
+        message_id: str | None = None,
+    ) -> Noted:
+        address = self.delivery.address
+        return Noted(
+            self.event, self.envelope, self.channel, outcome, reason, detail, address, message_id
+        )
+
 
 class Courier:
     def __init__(
@@ -124,6 +144,7 @@ class Courier:
         metrics: Metrics | None = None,
         quiet: QuietHours | None = None,
         throttles: Mapping[str, Throttle] | None = None,
+        notes: Notes | None = None,
     ) -> None:
         self._store = store
         self._renderer = renderer
@@ -138,6 +159,7 @@ class Courier:
         self._metrics = metrics or Metrics()
         self._quiet = quiet
         self._throttles = throttles or {}
+        self._notes: Notes = notes or NoLog()
 
     async def first(
         self, event: Event, envelope: Envelope, deliveries: tuple[Delivery, ...]
@@ -173,7 +195,8 @@ class Courier:
         planned = {d.channel for d in deliveries}
         for channel in record.pending:
             if channel not in planned:
-                await self._store.mark_done(event.event_id, channel, ChannelOutcome.STALE)
+                stale = ChannelOutcome.STALE
+                await self._record(Noted(event, envelope, channel, stale, "no_longer_planned"))
                 log.info("notification_skipped", channel=channel, reason="no_longer_planned")
                 self._metrics.notification(channel, "skipped", "no_longer_planned")
         pending = [d for d in deliveries if d.channel in record.pending]
@@ -193,15 +216,40 @@ class Courier:
         log.info("notification_reopened", channel=notification.channel)
         return await self._claim_and_deliver(notification)
 
-    async def drop(self, event_id: str, channels: Iterable[str], reason: str) -> None:
+    async def drop(
+        self, event: Event, envelope: Envelope, channels: Iterable[str], reason: str
+    ) -> None:
         """The channels will not be sent: their news is outdated or no longer planned."""
         for channel in channels:
-            await self._store.mark_done(event_id, channel, ChannelOutcome.STALE)
+            await self._record(Noted(event, envelope, channel, ChannelOutcome.STALE, reason))
             log.info("notification_stale_dropped", channel=channel, reason=reason)
             if reason == "superseded":
                 self._metrics.notification(channel, "superseded")
             else:
                 self._metrics.notification(channel, "skipped", reason)
+
+    async def skip(self, event: Event, envelope: Envelope, skips: Iterable[Skip]) -> None:
+        """Channels left out by the plan or by an ordering rule: noted, never stored (a
+        redelivery decides them again). Not a channel the worker has no sender for."""
+        for skip in skips:
+            if skip.channel in self._senders:
+                await self._record(Noted(event, envelope, skip.channel, None, skip.reason))
+
+    async def recall(self, event: Event, envelope: Envelope, done: Mapping[str, str]) -> None:
+        """A redelivered record: note again the outcomes the store holds, since the first
+        notes may have been lost with a crash right after they were stored. They carry the
+        same ids; what only the first note knew (a Message-ID, an error) is left out."""
+        for channel, word in done.items():
+            if word in _KNOWN:  # a word of a newer worker sharing the store is not ours to note
+                noted = Noted(event, envelope, channel, ChannelOutcome(word))
+                await self._notes.note(noted)
+
+    async def _record(self, noted: Noted) -> None:
+        """Store a channel's outcome (a skip is not stored), then note it in the log: after
+        the store, so a note never runs ahead of what a redelivery would find."""
+        if noted.stored is not None:
+            await self._store.mark_done(noted.event.event_id, noted.channel, noted.stored)
+        await self._notes.note(noted)
 
     async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
         done = await self._claim(notification.event_id, notification.channel)
@@ -241,7 +289,7 @@ class Courier:
         tries = 1 if n.retry else 1 + self._in_process.attempts
         try:
             message = self._compose(n)
-            took = await self._send(message, n.to, tries)
+            took, message_id = await self._send(message, n.to, tries)
         except RecipientOptedOut:
             subject, stop = address_subject(n.channel, n.delivery.address), self._clock()
             await self._store.set_preference(subject, n.channel, Preference(True, stop, PROVIDER))
@@ -253,7 +301,7 @@ class Courier:
         except Exception as exc:  # a bug, or an answer nobody foresaw: this channel ends here
             log.error("notification_crashed", channel=n.channel, to=n.to, exc_info=True)
             return await self._dead_letter(n, "internal_error", describe_exception(exc))
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.SENT)
+        await self._record(n.noted(ChannelOutcome.SENT, message_id=message_id))
         log.info("notification_sent", channel=n.channel, to=n.to)
         self._metrics.sent(n.channel, took, n.envelope.origin_timestamp())
         if message.segments:
@@ -265,19 +313,19 @@ class Courier:
         n, release = notification, _iso(quiet.release, quiet.zone)
         where = {"channel": n.channel, "to": n.to, "zone": quiet.zone, "zone_from": quiet.source}
         if quiet.expires:
-            await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.EXPIRED)
+            await self._record(n.noted(ChannelOutcome.EXPIRED, "expired"))
             log.info("notification_expired", **where, quiet_until=release)
             self._metrics.notification(n.channel, "skipped", "expired")
             return ChannelOutcome.EXPIRED
         await self._retries.hold(n.envelope, Held(n.channel, quiet.due, quiet.release, n.retry))
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.HELD)
+        await self._record(n.noted(ChannelOutcome.HELD, "quiet_hours"))
         log.info("notification_held", **where, release_at=release)
         self._metrics.notification(n.channel, "held")
         return ChannelOutcome.HELD
 
     async def _opted_out(self, notification: Notification, source: str) -> ChannelOutcome:
         n = notification
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.OPTED_OUT)
+        await self._record(n.noted(ChannelOutcome.OPTED_OUT, "opted_out", source))
         log.info(
             "notification_skipped", channel=n.channel, to=n.to, reason="opted_out", source=source
         )
@@ -313,9 +361,9 @@ class Courier:
             customer_id=event.customer.id,
         )
 
-    async def _send(self, message: Outgoing, to: str, tries: int) -> float:
+    async def _send(self, message: Outgoing, to: str, tries: int) -> tuple[float, str | None]:
         """Send, retrying a transient failure up to ``tries`` times in all; the seconds the
-        accepted send took."""
+        accepted send took, and the sender's id for the message."""
         sender = self._senders[message.channel]
         throttle = self._throttles.get(message.channel)
         for attempt in range(1, tries + 1):
@@ -342,15 +390,16 @@ class Courier:
                 await self._store.claim(message.event_id, message.channel, self.owner, self.lease)
         raise AssertionError("tries must be at least 1")
 
-    async def _timed(self, sender: Sender, message: Outgoing) -> float:
-        """One send; the seconds it took, which are counted whether or not it was accepted."""
+    async def _timed(self, sender: Sender, message: Outgoing) -> tuple[float, str | None]:
+        """One send: the seconds it took (counted whether or not it was accepted), and the
+        sender's id for the message."""
         started = time.perf_counter()
         try:
-            await sender.send(message)
+            message_id = await sender.send(message)
         except BaseException:  # refused, failed or cancelled
             self._metrics.send_failed(message.channel, time.perf_counter() - started)
             raise
-        return time.perf_counter() - started
+        return time.perf_counter() - started, message_id
 
     async def _keep_claim(self, message: Outgoing, wait: Awaitable[None]) -> None:
         """Await ``wait`` (a send's turn), renewing the claim while it lasts."""
@@ -372,7 +421,7 @@ class Courier:
             extra = [(headers.RETRY_HISTORY, history_text(failures).encode())]
             return await self._dead_letter(n, "retries_exhausted", error, extra)
         await self._retries.schedule(n.envelope, following, error)
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEFERRED)
+        await self._record(n.noted(ChannelOutcome.DEFERRED, "transient", error))
         self._metrics.notification(n.channel, "deferred")
         log.warning(
             "notification_retry_scheduled",
@@ -395,7 +444,7 @@ class Courier:
         await self._dead_letters.publish(
             n.envelope, error_type, error, channel=n.channel, extra=extra
         )
-        await self._store.mark_done(n.event_id, n.channel, ChannelOutcome.DEAD_LETTERED)
+        await self._record(n.noted(ChannelOutcome.DEAD_LETTERED, error_type, error))
         self._metrics.notification(n.channel, "dead_lettered", error_type)
         log.error(
             "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
@@ -406,6 +455,9 @@ class Courier:
 def _iso(at: float, zone: str) -> str:
     """A moment in the recipient's zone, for the logs: 2026-12-05T08:00:00+07:00."""
     return datetime.fromtimestamp(at, ZoneInfo(zone)).isoformat(timespec="seconds")
+
+
+_KNOWN = frozenset(ChannelOutcome)
 
 
 def describe_exception(exc: BaseException) -> str:

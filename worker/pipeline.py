@@ -32,7 +32,7 @@ from worker.envelope import Envelope
 from worker.events import Event, InvalidEvent
 from worker.logs import bind, get_logger
 from worker.metrics import Metrics
-from worker.policy import Delivery, plan
+from worker.policy import Delivery, Skip, plan
 
 log = get_logger(__name__)
 
@@ -131,21 +131,25 @@ class Pipeline:
                 f"event_id {event.event_id!r} was accepted for another shipment",
             )
         if record is not None:  # a redelivery: send what has no outcome yet
+            await self._courier.recall(event, envelope, record.done)
             if not record.pending:
                 return Outcome("skipped", "duplicate")
             if _superseded(event, snapshot.shipment):
-                await self._courier.drop(event.event_id, record.pending, "superseded")
+                await self._courier.drop(event, envelope, record.pending, "superseded")
                 return Outcome("skipped", "superseded")
             log.info("event_resumed", channels=list(record.pending))
             deliveries = self._deliveries(event, record.pending)
             return _summarize(await self._courier.resume(event, envelope, record, deliveries))
         rule = skip_reason(event, snapshot.shipment)
         if rule is not None:
+            ruled = [Skip(c, rule) for c in self._policy.get(event.status, ())]
+            await self._courier.skip(event, envelope, ruled)
             return Outcome("skipped", rule)
         decided = plan(event, self._policy, self._channels)
         for skip in decided.skips:
             log.info("notification_skipped", channel=skip.channel, reason=skip.reason)
             self._metrics.notification(skip.channel, "skipped", skip.reason)
+        await self._courier.skip(event, envelope, decided.skips)
         return _summarize(await self._courier.first(event, envelope, decided.deliveries))
 
     async def _retry(self, envelope: Envelope) -> Outcome:
@@ -164,13 +168,14 @@ class Pipeline:
         replayed = envelope.header(headers.REPLAY_FROM) is not None
         reopen = replayed and done == ChannelOutcome.DEAD_LETTERED
         if done is not None and done not in CLAIMABLE and not reopen:
+            await self._courier.recall(event, envelope, {channel: done})
             return Outcome("skipped", "duplicate")
         if _superseded(event, snapshot.shipment):
-            await self._courier.drop(event.event_id, (channel,), "superseded")
+            await self._courier.drop(event, envelope, (channel,), "superseded")
             return Outcome("skipped", "superseded")
         deliveries = self._deliveries(event, (channel,))
         if not deliveries:  # the contact or the policy changed since the first attempt
-            await self._courier.drop(event.event_id, (channel,), "no_longer_planned")
+            await self._courier.drop(event, envelope, (channel,), "no_longer_planned")
             return Outcome("skipped", "no_channel")
         notification = Notification(event, envelope, deliveries[0], state)
         send = self._courier.replay if reopen else self._courier.again

@@ -263,6 +263,17 @@ class KafkaSettings(_KafkaSecurity):
     def retries_topic(self) -> str:
         return self.retry_topic or f"{self.topic}.retry"
 
+    # the notification log (worker/notification_log.py): unset means "<topic>.notifications",
+    # an empty value turns it off
+    notifications_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{0,249}$")
+
+    @property
+    def notification_log_topic(self) -> str | None:
+        """Where each channel outcome is published; None when the log is turned off."""
+        if self.notifications_topic is None:
+            return f"{self.topic}.notifications"
+        return self.notifications_topic or None
+
 
 class LogSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="LOG_")
@@ -513,6 +524,8 @@ class AppSettings(_Section):
     send_retry_base: PositiveFloat = 0.5
     worker_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/\s]+$")
     claim_lease: PositiveFloat = 120.0
+    # what the notification log says of the recipient: masked (default), full, or none
+    notifications_log_recipients: Literal["masked", "full", "none"] = "masked"
     # uvloop has no Windows build (pyproject installs it everywhere else)
     event_loop: EventLoop = EventLoop.ASYNCIO if sys.platform == "win32" else EventLoop.UVLOOP
     # /metrics, /livez and /readyz (worker/probes.py); port 0 takes a free one, logged

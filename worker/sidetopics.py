@@ -31,6 +31,10 @@ def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         client_id=f"{settings.client_id}-side",
         acks="all",
         enable_idempotence=True,
+        # a batch per partition is in flight at a time (idempotence); the notification log's
+        # records of hundreds of concurrent records wait for it to drain, so it must hold
+        # them all: at 16 KiB, each drain woke every waiter to find the next batch full too
+        max_batch_size=512 * 1024,
     )
 
 
@@ -110,14 +114,23 @@ class SideTopics:
         # Kafka takes no record without both key and value (a keyless tombstone, or a record
         # the client could not read): such a record goes on with an empty value
         value = b"" if envelope.value is None and envelope.key is None else envelope.value
-        delay = 0.5
-        while True:
-            try:
-                await self._producer.send_and_wait(topic, value, key=envelope.key, headers=fields)
-                return
-            except KafkaError as exc:
-                log.warning(
-                    "side_topic_publish_failed", topic=topic, error=repr(exc), retry_in=delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await send_until_durable(self._producer, topic, value, envelope.key, fields)
+
+
+async def send_until_durable(
+    producer: AIOKafkaProducer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    fields: list[tuple[str, bytes]],
+) -> None:
+    """Publish one record, retrying with a growing delay until the broker has it."""
+    delay = 0.5
+    while True:
+        try:
+            await producer.send_and_wait(topic, value, key=key, headers=fields)
+            return
+        except KafkaError as exc:
+            log.warning("side_topic_publish_failed", topic=topic, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,8 +1,8 @@
 """Making sure the side topics exist before the worker subscribes to them.
 
 A consumer learns of a topic created later only at its next metadata refresh (minutes), so the
-retry and dead-letter topics are created at start-up when missing, with as many partitions as
-the main topic (retries then spread like the events they retry).
+retry and dead-letter topics (and the notification log's) are created at start-up when missing,
+with as many partitions as the main topic (retries then spread like the events they retry).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ async def ensure_side_topics(settings: KafkaSettings) -> None:
     try:
         existing = set(await admin.list_topics())
         wanted = [settings.dead_letter_topic, settings.retries_topic]
+        if settings.notification_log_topic is not None:
+            wanted.append(settings.notification_log_topic)
         missing = [t for t in wanted if t not in existing]
         if not missing:
             return

@@ -66,8 +66,9 @@ class Outgoing:
 
 
 class Sender(Protocol):
-    async def send(self, message: Outgoing) -> None:
-        """Deliver ``message`` or raise a DeliveryError."""
+    async def send(self, message: Outgoing) -> str | None:
+        """Deliver ``message`` or raise a DeliveryError; return the id the message goes by
+        (an email's Message-ID, the SMS provider's message id), None when there is none."""
 
     async def close(self) -> None: ...
 

@@ -51,7 +51,7 @@ class _HttpSender:
 
     async def _post(
         self, url: str, message: Outgoing, data: bytes, headers: dict[str, str]
-    ) -> None:
+    ) -> str | None:
         headers = {"Idempotency-Key": idempotency_key(message.event_id, "sms"), **headers}
         try:
             response = await self._client.post(url, data, headers)
@@ -72,6 +72,7 @@ class _HttpSender:
             if 400 <= status < 500 and code.lower() in OPTED_OUT_CODES:
                 raise RecipientOptedOut(f"SMS provider refused with {status}{named}: opted out")
             raise PermanentDeliveryError(f"SMS provider refused with {status}{named}")
+        return provider_id(body)
 
     async def close(self) -> None:
         await self._client.close()
@@ -96,9 +97,9 @@ class TwilioSender(_HttpSender):
         }
         self._from = sender
 
-    async def send(self, message: Outgoing) -> None:
+    async def send(self, message: Outgoing) -> str | None:
         form = urlencode({"To": message.address, "From": self._from, "Body": message.text})
-        await self._post(self._url, message, form.encode(), self._form_headers)
+        return await self._post(self._url, message, form.encode(), self._form_headers)
 
 
 class WebhookSender(_HttpSender):
@@ -106,7 +107,7 @@ class WebhookSender(_HttpSender):
         super().__init__(client)
         self._url = url
 
-    async def send(self, message: Outgoing) -> None:
+    async def send(self, message: Outgoing) -> str | None:
         payload = {
             "to": message.address,
             "body": message.text,
@@ -116,7 +117,31 @@ class WebhookSender(_HttpSender):
         }
         body = json.dumps(payload, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"}
-        await self._post(self._url, message, body, headers)
+        return await self._post(self._url, message, body, headers)
+
+
+# a provider's message id as providers give them (Twilio's "SM" and 32 hex digits, a gateway's
+# UUID): short, printable, no spaces, as it goes to the notification log and terminals
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def provider_id(body: bytes) -> str | None:
+    """The id the provider gave the accepted SMS: ``sid`` (Twilio), else ``id`` or
+    ``message_id`` of a small JSON object; None when the body has none it would be safe to
+    show. Nothing in the body raises: the SMS is accepted whatever it says."""
+    if len(body) > MAX_PARSED_BODY:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    for name in ("sid", "id", "message_id"):
+        value = parsed.get(name)
+        if type(value) is str and _MESSAGE_ID.fullmatch(value):
+            return value
+    return None
 
 
 def _provider_code(body: bytes) -> str:

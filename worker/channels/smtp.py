@@ -67,10 +67,10 @@ class SmtpSender:
             password=s.password.get_secret_value() if s.password else None,
         )
 
-    async def send(self, message: Outgoing) -> None:
+    async def send(self, message: Outgoing) -> str:
         client = await self._idle.get()
         try:
-            await self._send(client, message)
+            return await self._send(client, message)
         finally:
             self._idle.put_nowait(client)
 
@@ -83,7 +83,7 @@ class SmtpSender:
         except ValueError as exc:  # an address or header value we refuse to put on the wire
             raise PermanentDeliveryError(_printable(f"message cannot be built: {exc}")) from exc
 
-    async def _send(self, client: aiosmtplib.SMTP, message: Outgoing) -> None:
+    async def _send(self, client: aiosmtplib.SMTP, message: Outgoing) -> str:
         try:
             await _open_session(client)
             mail = self._build(message, client.supports_extension("8bitmime"))
@@ -91,6 +91,7 @@ class SmtpSender:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             _close(client)  # a fresh session next time rather than trusting this one's state
             raise _classified(exc) from exc
+        return mail.message_id
 
     async def close(self) -> None:
         while not self._idle.empty():
