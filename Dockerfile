@@ -11,8 +11,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
-# wheels for the project and every runtime dependency; compilers, if any were needed, stay here
-RUN python -m pip wheel --wheel-dir /wheels . \
+# wheels for the project and every runtime dependency; compilers, if any were needed, stay here.
+# --use-pep517: a dependency published as a source archive alone (dkimpy) is built in an
+# isolated environment, not by a setup.py that needs the wheel package the base may lack
+RUN python -m pip wheel --use-pep517 --wheel-dir /wheels . \
     && cd /wheels && sha256sum -- *.whl > /wheels.sha256
 
 FROM ${BASE_IMAGE} AS runtime
