@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import murmur2
+from prometheus_client import generate_latest
 
 from tests.factories import event, record
 from tests.test_pipeline import TEMPLATES, FakeSender, FakeSideTopics
@@ -29,6 +30,7 @@ from worker.delivery import Courier, InProcessRetry
 from worker.envelope import Envelope
 from worker.events import Event, Shop, decode
 from worker.history import Query, _Matcher, partition_for, timeline
+from worker.metrics import Metrics
 from worker.notification_log import LogRecord, Noted, NotificationLog, record_id, shown_recipient
 from worker.pipeline import Pipeline
 from worker.policy import DEFAULT_POLICY
@@ -281,7 +283,7 @@ async def test_held_and_opted_out_channels_are_noted_after_the_store() -> None:
     """Quiet hours and opt-outs end a channel like any outcome: an SMS at night is noted as
     held (quiet_hours), an SMS to a number that opted out as opted_out (with where the
     opt-out came from), each once the store holds it."""
-    store = MemoryStore(86400)
+    store, metrics = MemoryStore(86400), Metrics()
     notes = StoreCheckingNotes(store)
     side = HoldingSideTopics()
     renderer = Renderer(TEMPLATES, "en", Shop(name="Test Shop"))
@@ -298,6 +300,7 @@ async def test_held_and_opted_out_channels_are_noted_after_the_store() -> None:
         clock=lambda: datetime(2026, 12, 4, 23, 0, tzinfo=UTC).timestamp(),  # 23:00 UTC
         quiet=QuietHours({"sms": NIGHT, "email": None}, UTC_ZONE, (), 86400),
         notes=notes,
+        metrics=metrics,
     )
     run = Pipeline(
         store=store,
@@ -320,3 +323,11 @@ async def test_held_and_opted_out_channels_are_noted_after_the_store() -> None:
         ("e2", "email", "sent", None, None),
         ("e2", "sms", "opted_out", "opted_out", "topic"),
     ]
+    counted = generate_latest(metrics.registry).decode().splitlines()
+    assert 'shipment_notifier_notifications_total{channel="sms",outcome="held",reason=""} 1.0' in (
+        counted
+    )
+    assert (
+        'shipment_notifier_notifications_total{channel="sms",outcome="skipped",reason="opted_out"}'
+        " 1.0"
+    ) in counted

@@ -198,7 +198,6 @@ class Courier:
                 stale = ChannelOutcome.STALE
                 await self._record(Noted(event, envelope, channel, stale, "no_longer_planned"))
                 log.info("notification_skipped", channel=channel, reason="no_longer_planned")
-                self._metrics.notification(channel, "skipped", "no_longer_planned")
         pending = [d for d in deliveries if d.channel in record.pending]
         results = await _concurrently(
             [self._claim_and_deliver(Notification(event, envelope, d)) for d in pending]
@@ -223,10 +222,6 @@ class Courier:
         for channel in channels:
             await self._record(Noted(event, envelope, channel, ChannelOutcome.STALE, reason))
             log.info("notification_stale_dropped", channel=channel, reason=reason)
-            if reason == "superseded":
-                self._metrics.notification(channel, "superseded")
-            else:
-                self._metrics.notification(channel, "skipped", reason)
 
     async def skip(self, event: Event, envelope: Envelope, skips: Iterable[Skip]) -> None:
         """Channels left out by the plan or by an ordering rule: noted, never stored (a
@@ -250,6 +245,9 @@ class Courier:
         if noted.stored is not None:
             await self._store.mark_done(noted.event.event_id, noted.channel, noted.stored)
         await self._notes.note(noted)
+        counted = _counted(noted)
+        if counted is not None:
+            self._metrics.notification(noted.channel, *counted)
 
     async def _claim_and_deliver(self, notification: Notification) -> ChannelOutcome:
         done = await self._claim(notification.event_id, notification.channel)
@@ -315,12 +313,10 @@ class Courier:
         if quiet.expires:
             await self._record(n.noted(ChannelOutcome.EXPIRED, "expired"))
             log.info("notification_expired", **where, quiet_until=release)
-            self._metrics.notification(n.channel, "skipped", "expired")
             return ChannelOutcome.EXPIRED
         await self._retries.hold(n.envelope, Held(n.channel, quiet.due, quiet.release, n.retry))
         await self._record(n.noted(ChannelOutcome.HELD, "quiet_hours"))
         log.info("notification_held", **where, release_at=release)
-        self._metrics.notification(n.channel, "held")
         return ChannelOutcome.HELD
 
     async def _opted_out(self, notification: Notification, source: str) -> ChannelOutcome:
@@ -329,7 +325,6 @@ class Courier:
         log.info(
             "notification_skipped", channel=n.channel, to=n.to, reason="opted_out", source=source
         )
-        self._metrics.notification(n.channel, "skipped", "opted_out")
         return ChannelOutcome.OPTED_OUT
 
     def _compose(self, notification: Notification) -> Outgoing:
@@ -422,7 +417,6 @@ class Courier:
             return await self._dead_letter(n, "retries_exhausted", error, extra)
         await self._retries.schedule(n.envelope, following, error)
         await self._record(n.noted(ChannelOutcome.DEFERRED, "transient", error))
-        self._metrics.notification(n.channel, "deferred")
         log.warning(
             "notification_retry_scheduled",
             channel=n.channel,
@@ -445,7 +439,6 @@ class Courier:
             n.envelope, error_type, error, channel=n.channel, extra=extra
         )
         await self._record(n.noted(ChannelOutcome.DEAD_LETTERED, error_type, error))
-        self._metrics.notification(n.channel, "dead_lettered", error_type)
         log.error(
             "notification_failed", channel=n.channel, to=n.to, error_type=error_type, error=error
         )
@@ -458,6 +451,22 @@ def _iso(at: float, zone: str) -> str:
 
 
 _KNOWN = frozenset(ChannelOutcome)
+
+
+def _counted(noted: Noted) -> tuple[str, str] | None:
+    """``notifications_total``'s outcome and reason for a recorded outcome; None for a sent
+    one (``Metrics.sent`` counts it, with its timings) and for a skip, which is not stored
+    (the pipeline counts the plan's skips; an ordering rule's is the record's outcome)."""
+    stored, reason = noted.stored, noted.reason or ""
+    if stored is None or stored is ChannelOutcome.SENT:
+        return None
+    if stored is ChannelOutcome.STALE:
+        return ("superseded", "") if reason == "superseded" else ("skipped", reason)
+    if stored in (ChannelOutcome.EXPIRED, ChannelOutcome.OPTED_OUT):
+        return "skipped", stored.value
+    if stored is ChannelOutcome.DEAD_LETTERED:
+        return stored.value, reason  # the error type
+    return stored.value, ""  # deferred, held
 
 
 def describe_exception(exc: BaseException) -> str:
