@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.conftest import _free_port
 from tests.factories import event, record
 from tests.oidc import TokenEndpoint
 from tests.processes import WorkerProcess
@@ -304,7 +305,9 @@ async def test_a_broker_that_comes_up_during_the_connect_timeout_is_waited_for(
 
     kafka = secured_kafka("sasl-plain")
     host, port = kafka["KAFKA_BOOTSTRAP_SERVERS"].split(":")
-    late_port = 39130
+    # a free port, not a fixed one: a fixed port in the ephemeral range may be any outgoing
+    # connection's local port at that moment, and the late server then never listens
+    late_port = _free_port()
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
